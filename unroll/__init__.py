@@ -1,0 +1,13 @@
+"""unroll: differentiate through optimisation in PyTorch.
+
+Unrolled (unfolded) algorithms with learnable parameters, implicit differentiation of any
+solver (:func:`custom_root`), deep equilibrium models (:func:`deq`) and imaging physics with
+an O(1)-memory least-squares proximal step, all pure functions over pytrees that compose with
+``torch.func``.
+"""
+
+from unroll import linear_solve, tree
+
+__version__ = "0.1.0"
+
+__all__ = ["linear_solve", "tree"]
