@@ -7,7 +7,15 @@ an O(1)-memory least-squares proximal step, all pure functions over pytrees that
 """
 
 from unroll import linear_solve, tree
+from unroll.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 __version__ = "0.1.0"
 
-__all__ = ["linear_solve", "tree"]
+__all__ = [
+    "custom_fixed_point",
+    "custom_root",
+    "linear_solve",
+    "root_jvp",
+    "root_vjp",
+    "tree",
+]

@@ -45,6 +45,7 @@ PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
 
 __all__ = [
+    "ConvergenceWarning",
     "SolveInfo",
     "solve_cg",
     "solve_normal_cg",
@@ -54,6 +55,11 @@ __all__ = [
     "solve_cholesky",
     "solve_lu",
 ]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solve (linear system, fixed point, backward pass) stopped before reaching
+    its tolerance; results derived from it (e.g. gradients) may be inaccurate."""
 
 
 class SolveInfo(NamedTuple):

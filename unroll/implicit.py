@@ -1,0 +1,554 @@
+r"""Implicit differentiation of roots and fixed points.
+
+If ``x*(θ)`` solves :math:`F(x^*(\theta), \theta) = 0` and :math:`\partial_x F` is invertible,
+the implicit function theorem gives
+
+.. math::  \partial_\theta x^* = -(\partial_x F)^{-1}\, \partial_\theta F .
+
+Reverse mode therefore needs one linear solve with the transposed Jacobian,
+:math:`(\partial_x F)^\top u = -\bar x`, followed by :math:`\bar\theta = (\partial_\theta F)^\top u`
+(:func:`root_vjp`); forward mode solves :math:`(\partial_x F)\, \dot x = -\partial_\theta F\,\dot\theta`
+(:func:`root_jvp`). :func:`custom_root` attaches these rules to any solver, whatever it does
+inside (it is run without recording a graph), so memory does not depend on its iterations.
+
+The rules live in a ``torch.autograd.Function`` (``forward`` + ``setup_context`` with a
+generated vmap rule) that saves the *solution* it outputs, so ``.backward()``,
+``torch.func.grad / vjp / jacrev / vmap``, ``vmap(grad(...))``, grad-of-grad and forward mode
+(``jvp`` / ``jacfwd``) all compose.
+
+References:
+    Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022 (JAXopt).
+    Krantz & Parks, *The Implicit Function Theorem*, Birkhäuser 2002.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+
+from unroll import tree
+from unroll.linear_solve import ConvergenceWarning, _host_any, solve_cg, solve_gmres
+
+PyTree = Any
+Solve = Callable[..., PyTree]
+
+__all__ = ["root_vjp", "root_jvp", "custom_root", "custom_fixed_point", "ImplicitModule"]
+
+
+# =========================================================================== pure rules
+def _split_tensors(args: Sequence[PyTree]):
+    """Flatten ``args`` and separate the differentiable (floating) tensor leaves.
+
+    Returns ``(tensor_leaves, rebuild)`` with ``rebuild(new_tensor_leaves) -> tuple(args)``.
+    """
+    leaves, spec = tree.flatten(tuple(args))
+    is_t = [isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+            for x in leaves]
+    tensors = [x for x, t in zip(leaves, is_t) if t]
+
+    def rebuild(new: Sequence[torch.Tensor]) -> tuple:
+        it = iter(new)
+        return tree.unflatten(spec, [next(it) if t else x for x, t in zip(leaves, is_t)])
+
+    def scatter(values: Sequence[Any]) -> tuple:
+        """Put one value per tensor leaf back in place; ``None`` at the other leaves."""
+        it = iter(values)
+        return tree.unflatten(spec, [next(it) if t else None for t in is_t])
+
+    return tensors, rebuild, scatter
+
+
+def _call_solve(solve: Solve, matvec: Callable, b: PyTree, what: str) -> PyTree:
+    """``solve(matvec, b)``, asking for diagnostics when the solver supports them and warning
+    when the linear system was not solved to its tolerance."""
+    if not _accepts(solve, "return_info"):
+        return solve(matvec, b)
+    x, info = solve(matvec, b, return_info=True)
+    if _host_any(~info.converged):
+        res = info.residual_norm.detach()
+        while torch._C._functorch.is_functorch_wrapped_tensor(res):
+            res = torch._C._functorch.get_unwrapped(res)
+        warnings.warn(
+            f"{what}: the linear solve did not converge (residual {float(res.max()):.3e} after "
+            f"{int(_unwrap(info.num_iter).max())} iterations); the gradient may be inaccurate. "
+            "Pass solve=functools.partial(solver, maxiter=..., rtol=...) with more iterations "
+            "or a better-suited solver.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return x
+
+
+def _unwrap(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts_cached(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return _accepts_cached(fn, name)
+    except TypeError:  # unhashable callable
+        return _accepts_cached.__wrapped__(fn, name)
+
+
+def _check_structure(api: str, out: PyTree, sol: PyTree) -> None:
+    if tree.structure(out) != tree.structure(sol) or any(
+        tuple(o.shape) != tuple(s.shape) for o, s in zip(tree.leaves(out), tree.leaves(sol))
+    ):
+        raise ValueError(
+            f"{api}: optimality_fn(params, *args) must return a pytree with the structure and "
+            f"shapes of params; got {tree.structure(out)} for params {tree.structure(sol)}."
+        )
+
+
+def root_vjp(
+    optimality_fn: Callable[..., PyTree],
+    sol: PyTree,
+    args: Sequence[PyTree],
+    cotangent: PyTree,
+    solve: Solve = solve_cg,
+) -> tuple[PyTree, ...]:
+    r"""Vector-Jacobian product of a root ``x*(θ)`` of ``F(x, *args) = 0`` w.r.t. ``args``.
+
+    Solves :math:`(\partial_x F)^\top u = -\bar x` with ``solve`` and returns
+    :math:`(\partial_{\text{args}} F)^\top u`, the cotangent of each argument.
+
+    Args:
+        optimality_fn: ``F(params, *args)``, zero at the solution; returns a pytree shaped like
+            ``params``.
+        sol: the root ``x*`` (a pytree).
+        args: the arguments of ``F`` after ``params`` (a tuple of pytrees).
+        cotangent: ``x̄``, shaped like ``sol``.
+        solve: a linear solver ``solve(matvec, b) -> x`` (see :mod:`unroll.linear_solve`);
+            ``solve_cg`` needs a symmetric positive-definite ``∂ₓF`` (e.g. a Hessian),
+            otherwise use ``solve_gmres`` / ``solve_normal_cg``.
+
+    Returns:
+        A tuple with one pytree per element of ``args``: tensors where the argument has a
+        floating tensor leaf, ``None`` at other leaves.
+
+    Example:
+        >>> import torch
+        >>> from unroll.implicit import root_vjp
+        >>> F = lambda x, a: a * x - 1.0          # root x* = 1/a, dx*/da = -1/a²
+        >>> a = torch.tensor(2.0)
+        >>> root_vjp(F, 1 / a, (a,), torch.tensor(1.0))
+        (tensor(-0.2500),)
+    """
+    sol_leaves, sol_spec = tree.flatten(sol)
+    tensors, rebuild, scatter = _split_tensors(args)
+
+    def f_sol(*sl):
+        return tree.leaves(optimality_fn(tree.unflatten(sol_spec, list(sl)), *rebuild(tensors)))
+
+    out, vjp_sol = torch.func.vjp(f_sol, *sol_leaves)
+    if len(out) != len(sol_leaves):
+        _check_structure("root_vjp", tree.unflatten(tree.structure(out), out), sol)
+
+    def matvec(u: PyTree) -> PyTree:
+        return tree.unflatten(sol_spec, list(vjp_sol(tree.leaves(u))))
+
+    u = _call_solve(solve, matvec, tree.neg(cotangent), "root_vjp")
+    if not tensors:
+        return scatter([])
+    _, vjp_args = torch.func.vjp(
+        lambda *t: tree.leaves(optimality_fn(sol, *rebuild(t))), *tensors
+    )
+    return scatter(vjp_args(tree.leaves(u)))
+
+
+def root_jvp(
+    optimality_fn: Callable[..., PyTree],
+    sol: PyTree,
+    args: Sequence[PyTree],
+    tangents: Sequence[PyTree],
+    solve: Solve = solve_cg,
+) -> PyTree:
+    r"""Jacobian-vector product of a root ``x*(θ)`` of ``F(x, *args) = 0``.
+
+    Solves :math:`(\partial_x F)\,\dot x = -(\partial_{\text{args}} F)\,\dot{\text{args}}`.
+
+    Args:
+        optimality_fn: ``F(params, *args)``, zero at the solution.
+        sol: the root ``x*``.
+        args: the arguments of ``F`` after ``params``.
+        tangents: one tangent pytree per element of ``args`` (``None`` leaves, or a ``None``
+            tangent for a whole argument, mean zero).
+        solve: linear solver for ``∂ₓF`` (not transposed).
+
+    Returns:
+        ``ẋ``, shaped like ``sol``.
+
+    Example:
+        >>> import torch
+        >>> from unroll.implicit import root_jvp
+        >>> F = lambda x, a: a * x - 1.0
+        >>> a = torch.tensor(2.0)
+        >>> root_jvp(F, 1 / a, (a,), (torch.tensor(1.0),))
+        tensor(-0.2500)
+    """
+    args = tuple(args)
+    if len(tangents) != len(args):
+        raise ValueError(
+            f"root_jvp: got {len(tangents)} tangents for {len(args)} args; pass one per arg."
+        )
+    tensors, rebuild, _ = _split_tensors(args)
+    tan = _tangent_leaves(args, tangents, tensors)
+    sol_leaves, sol_spec = tree.flatten(sol)
+
+    def f_args(*t):
+        return tuple(tree.leaves(optimality_fn(sol, *rebuild(t))))
+
+    if tensors:
+        rhs = _jvp(f_args, tuple(tensors), tuple(tan))
+    else:
+        rhs = tuple(torch.zeros_like(x) for x in sol_leaves)
+
+    def matvec(v: PyTree) -> PyTree:
+        def f_sol(*sl):
+            return tuple(tree.leaves(optimality_fn(tree.unflatten(sol_spec, list(sl)),
+                                                   *rebuild(tensors))))
+
+        return tree.unflatten(sol_spec, list(_jvp(f_sol, tuple(sol_leaves), tuple(tree.leaves(v)))))
+
+    b = tree.unflatten(sol_spec, [-r for r in rhs])
+    return _call_solve(solve, matvec, b, "root_jvp")
+
+
+def _jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
+    """``torch.func.jvp`` with tangents cast to their primal's dtype (forward AD can promote
+    0-dim float32 tangents to float64 through Python scalars)."""
+    out, tan = torch.func.jvp(fn, primals, tangents)
+    return tuple(t.to(o.dtype) for o, t in zip(out, tan))
+
+
+def _tangent_leaves(args: tuple, tangents: Sequence[PyTree], tensors: list[torch.Tensor]):
+    """Align ``tangents`` with the floating tensor leaves of ``args`` (zeros where missing)."""
+    out: list[torch.Tensor] = []
+    for arg, tan in zip(args, tangents):
+        a_leaves = tree.leaves(arg)
+        if tan is None:
+            t_leaves: list[Any] = [None] * len(a_leaves)
+        else:
+            t_leaves, _ = tree.flatten(tan)
+            if len(t_leaves) != len(a_leaves):  # None leaves were dropped by optree
+                t_leaves = _fill_none(arg, tan)
+        for a, t in zip(a_leaves, t_leaves):
+            if isinstance(a, torch.Tensor) and (a.is_floating_point() or a.is_complex()):
+                out.append(torch.zeros_like(a) if t is None else t)
+    assert len(out) == len(tensors)
+    return out
+
+
+def _fill_none(arg: PyTree, tan: PyTree) -> list[Any]:
+    import optree
+
+    return optree.tree_flatten(tan, none_is_leaf=True, namespace=tree.NAMESPACE)[0]
+
+
+# =========================================================================== custom_root
+class _Plan:
+    """Everything the autograd rule needs besides tensors (a non-tensor Function input)."""
+
+    def __init__(self, api, optimality_fn, solve, sol_spec, n_sol, rebuild_args, n_args):
+        self.api = api
+        self.optimality_fn = optimality_fn
+        self.solve = solve
+        self.sol_spec = sol_spec
+        self.n_sol = n_sol
+        self.rebuild_args = rebuild_args  # tensor leaves of the diff args -> full args tuple
+        self.n_args = n_args
+
+    def fn(self, sol_leaves: Sequence[torch.Tensor], arg_tensors: Sequence[torch.Tensor]):
+        """``F`` as a function of flat solution leaves and the differentiable arg tensors."""
+        sol = tree.unflatten(self.sol_spec, list(sol_leaves))
+        return self.optimality_fn(sol, *self.rebuild_args(arg_tensors))
+
+    def vjp(self, sol_leaves, arg_tensors, cotangents):
+        cot = tree.unflatten(
+            self.sol_spec,
+            [torch.zeros_like(s) if c is None else c for s, c in zip(sol_leaves, cotangents)],
+        )
+        sol = tree.unflatten(self.sol_spec, list(sol_leaves))
+        grads = root_vjp(
+            lambda x, *t: self.fn(tree.leaves(x), t), sol, tuple(arg_tensors), cot, self.solve
+        )
+        return list(grads)
+
+    def jvp(self, sol_leaves, arg_tensors, tangents):
+        sol = tree.unflatten(self.sol_spec, list(sol_leaves))
+        tan = tuple(torch.zeros_like(a) if t is None else t for a, t in zip(arg_tensors, tangents))
+        out = root_jvp(
+            lambda x, *t: self.fn(tree.leaves(x), t), sol, tuple(arg_tensors), tan, self.solve
+        )
+        return tree.leaves(out)
+
+
+class _ImplicitIdentity(torch.autograd.Function):
+    """Identity on the solution leaves whose derivative is the implicit-function rule.
+
+    Inputs: ``(plan, *solution_leaves, *differentiable_arg_leaves)``; outputs: the solution
+    leaves. The outputs (not the inputs) are saved, so a second backward differentiates
+    through the solution's own dependence on the arguments.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(plan: _Plan, *tensors: torch.Tensor):  # type: ignore[override]
+        return tuple(t.view_as(t) for t in tensors[: plan.n_sol])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        plan, *tensors = inputs
+        ctx.plan = plan
+        ctx.save_for_backward(*output, *tensors[plan.n_sol:])
+        ctx.save_for_forward(*output, *tensors[plan.n_sol:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        plan = ctx.plan
+        saved = ctx.saved_tensors
+        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
+        arg_grads = plan.vjp(sol, arg_tensors, grads) if arg_tensors else []
+        return (None, *([None] * plan.n_sol), *arg_grads)
+
+    @staticmethod
+    def jvp(ctx, _plan_tangent, *tangents):
+        plan = ctx.plan
+        saved = ctx.saved_tensors
+        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
+        return tuple(plan.jvp(sol, arg_tensors, tangents[plan.n_sol:]))
+
+
+def _normalize_argnums(api: str, argnums: int | Sequence[int]) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not nums or not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
+        raise TypeError(f"{api}: argnums must be an int or a non-empty tuple of ints, got "
+                        f"{argnums!r}.")
+    if any(i == 0 for i in nums):
+        raise ValueError(
+            f"{api}: argnums=0 names the initial params, which are not differentiated; the "
+            "first differentiable argument is argnums=1."
+        )
+    if any(i < 0 for i in nums):
+        raise ValueError(f"{api}: argnums must be positive (>= 1), got {argnums!r}.")
+    return tuple(sorted(set(nums)))
+
+
+def _bind(api: str, optimality_fn: Callable, solver: Callable, args: tuple, kwargs: dict):
+    """Positional arguments ``(init, *args)`` with keyword arguments bound by the optimality
+    function's signature (falling back to the solver's)."""
+    if not kwargs:
+        return list(args)
+    for fn in (optimality_fn, solver):
+        try:
+            sig = inspect.signature(fn)
+            bound = sig.bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            continue
+        bound.apply_defaults()
+        if not bound.kwargs:
+            return list(bound.args)
+    raise TypeError(
+        f"{api}: could not bind keyword arguments {sorted(kwargs)} to the signature of "
+        "optimality_fn(params, *args); give optimality_fn and the solver the same argument "
+        "names, or pass them positionally."
+    )
+
+
+def _closure_check(api: str, plan: _Plan, sol_leaves, arg_tensors, args_all) -> None:
+    """Reject optimality functions that depend on a tensor requiring grad that they close over
+    (its gradient would silently be lost)."""
+    if not torch.is_grad_enabled():
+        return
+    detached_args = tree.map(
+        lambda x: x.detach() if isinstance(x, torch.Tensor) else x, tuple(args_all)
+    )
+    sol = tree.unflatten(plan.sol_spec, [s.detach() for s in sol_leaves])
+    out = plan.optimality_fn(sol, *detached_args)
+    _check_structure(api, out, sol)
+    if any(isinstance(o, torch.Tensor) and o.requires_grad for o in tree.leaves(out)):
+        raise ValueError(
+            f"{api}: optimality_fn uses a tensor that requires grad but is not one of its "
+            "arguments (a closed-over tensor); its gradient would be lost. Pass it as an "
+            "argument of the solver and optimality_fn and list its position in argnums."
+        )
+
+
+def custom_root(
+    optimality_fn: Callable[..., PyTree],
+    argnums: int | Sequence[int] = 1,
+    has_aux: bool = False,
+    solve: Solve = solve_cg,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    r"""Decorator attaching implicit differentiation to a root-finding / minimisation solver.
+
+    The decorated ``solver(init_params, *args, **kwargs)`` returns ``params`` (or
+    ``(params, aux)`` with ``has_aux``) satisfying :math:`F(\text{params}, *\text{args}) = 0`
+    with ``F = optimality_fn``. The solver runs without recording an autograd graph; the
+    derivative w.r.t. the arguments named in ``argnums`` is given by the implicit function
+    theorem (:func:`root_vjp`, :func:`root_jvp`), so memory does not grow with the solver's
+    iterations.
+
+    Args:
+        optimality_fn: ``F(params, *args)`` returning a pytree shaped like ``params``; for an
+            argmin, the gradient of the objective w.r.t. ``params`` (then ``∂ₓF`` is the
+            symmetric Hessian and the default ``solve_cg`` applies).
+        argnums: index or indices (``>= 1``) of the solver's positional arguments to
+            differentiate (``0`` is ``init_params``, never differentiated). Arguments may be
+            any pytrees (dicts of tensors, parameter dicts, physics objects). Tensors in other
+            arguments are treated as constants.
+        has_aux: the solver returns ``(params, aux)``; ``aux`` is passed through detached.
+        solve: linear solver for the backward system ``(∂ₓF)ᵀ u = −x̄``, e.g.
+            ``functools.partial(solve_cg, rtol=1e-8)``. A solve that reports
+            ``return_info`` and does not converge triggers a :class:`ConvergenceWarning`.
+
+    Returns:
+        A decorator; the decorated solver has the same call signature.
+
+    Example:
+        >>> import functools, torch
+        >>> from unroll import custom_root
+        >>> from unroll.linear_solve import solve_cg
+        >>> def grad_ridge(w, lam, X, y):  # ∇ of ½‖Xw − y‖² + ½λ‖w‖²
+        ...     return X.T @ (X @ w - y) + lam * w
+        >>> @custom_root(grad_ridge, argnums=1, solve=functools.partial(solve_cg, rtol=1e-10))
+        ... def ridge(init, lam, X, y):
+        ...     return torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1]), X.T @ y)
+        >>> X, y = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+        >>> lam = torch.tensor(1.0, dtype=torch.float64)
+        >>> g = torch.func.grad(lambda l: ridge(None, l, X, y).sum())(lam)
+        >>> A = X.T @ X + lam * torch.eye(3, dtype=torch.float64)
+        >>> w = torch.linalg.solve(A, X.T @ y)
+        >>> torch.allclose(g, -torch.linalg.solve(A, w).sum())
+        True
+
+    References:
+        Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022.
+    """
+    return _decorator("custom_root", optimality_fn, argnums, has_aux, solve)
+
+
+def custom_fixed_point(
+    fixed_point_fn: Callable[..., PyTree],
+    argnums: int | Sequence[int] = 1,
+    has_aux: bool = False,
+    solve: Solve = solve_gmres,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    r"""Decorator attaching implicit differentiation to a fixed-point solver.
+
+    The decorated ``solver(init_params, *args)`` returns ``x`` with
+    :math:`x = T(x, *\text{args})`, ``T = fixed_point_fn``. It is :func:`custom_root` with
+    :math:`F(x, \theta) = T(x, \theta) - x`, so the backward solves
+    :math:`(I - \partial_x T)^\top v = \bar x` (in the form ``(∂ₓT − I)ᵀ u = −x̄``, ``u = v``).
+
+    Args:
+        fixed_point_fn: ``T(params, *args)`` returning a pytree shaped like ``params``.
+        argnums, has_aux: as :func:`custom_root`.
+        solve: linear solver for the (non-symmetric) backward system; default
+            :func:`~unroll.linear_solve.solve_gmres`.
+
+    Example:
+        >>> import torch
+        >>> from unroll import custom_fixed_point
+        >>> T = lambda x, a: 0.5 * x + a          # fixed point x* = 2a
+        >>> @custom_fixed_point(T)
+        ... def solve(x, a):
+        ...     for _ in range(100):
+        ...         x = T(x, a)
+        ...     return x
+        >>> a = torch.tensor(3.0, dtype=torch.float64)
+        >>> g = torch.func.grad(lambda a: solve(torch.zeros_like(a), a))(a)
+        >>> torch.allclose(g, torch.tensor(2.0, dtype=torch.float64))
+        True
+    """
+    if not callable(fixed_point_fn):
+        raise TypeError("custom_fixed_point: fixed_point_fn must be callable T(params, *args).")
+
+    def optimality_fn(x, *args, **kwargs):
+        return tree.sub(fixed_point_fn(x, *args, **kwargs), x)
+
+    functools.update_wrapper(optimality_fn, fixed_point_fn)
+    optimality_fn.__wrapped__ = fixed_point_fn  # signature binding uses T's names
+    return _decorator("custom_fixed_point", optimality_fn, argnums, has_aux, solve)
+
+
+def _decorator(api, optimality_fn, argnums, has_aux, solve):
+    if not callable(optimality_fn):
+        raise TypeError(f"{api}: optimality_fn must be callable F(params, *args).")
+    if not callable(solve):
+        raise TypeError(
+            f"{api}: solve must be a linear solver solve(matvec, b) -> x, e.g. "
+            f"unroll.linear_solve.solve_cg; got {type(solve).__name__}."
+        )
+    nums = _normalize_argnums(api, argnums)
+
+    def decorator(solver: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(solver):
+            raise TypeError(f"{api}: decorate a solver function solver(init_params, *args).")
+
+        @functools.wraps(solver)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            full = _bind(api, optimality_fn, solver, args, kwargs)
+            if max(nums) >= len(full):
+                raise ValueError(
+                    f"{api}: argnums={argnums!r} is out of range for a call with "
+                    f"{len(full)} positional arguments (init_params is 0)."
+                )
+            with torch.no_grad():
+                result = solver(*args, **kwargs)
+            if has_aux:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise TypeError(f"{api}: has_aux=True needs the solver to return "
+                                    "(params, aux).")
+                sol, aux = result
+                aux = tree.detach(aux)
+            else:
+                sol = result
+            sol_leaves, sol_spec = tree.flatten(sol)
+            if not sol_leaves or not all(isinstance(s, torch.Tensor) for s in sol_leaves):
+                raise TypeError(f"{api}: the solver must return a pytree of tensors (params).")
+            sol_leaves = [s.detach() for s in sol_leaves]
+            diff_args = [full[i] for i in nums]
+            tensors, rebuild_diff, _ = _split_tensors(diff_args)
+
+            def rebuild_args(arg_tensors):
+                new = list(full[1:])
+                for i, value in zip(nums, rebuild_diff(arg_tensors)):
+                    new[i - 1] = value
+                return tuple(new)
+
+            plan = _Plan(api, optimality_fn, solve, sol_spec, len(sol_leaves), rebuild_args,
+                         len(full) - 1)
+            _closure_check(api, plan, sol_leaves, tensors, full[1:])
+            out = _ImplicitIdentity.apply(plan, *sol_leaves, *tensors)
+            sol = tree.unflatten(sol_spec, list(out))
+            return (sol, aux) if has_aux else sol
+
+        return wrapped
+
+    return decorator
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImplicitModule":
+        from unroll._implicit_module import ImplicitModule
+
+        return ImplicitModule
+    raise AttributeError(f"module 'unroll.implicit' has no attribute {name!r}")
