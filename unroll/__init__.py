@@ -6,15 +6,18 @@ an O(1)-memory least-squares proximal step, all pure functions over pytrees that
 ``torch.func``.
 """
 
-from unroll import linear_solve, tree
+from unroll import linear_solve, optimizers, tree
+from unroll._implicit_module import ImplicitModule
 from unroll.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImplicitModule",
     "custom_fixed_point",
     "custom_root",
     "linear_solve",
+    "optimizers",
     "root_jvp",
     "root_vjp",
     "tree",

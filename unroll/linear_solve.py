@@ -138,6 +138,16 @@ def _check_args(
             )
 
 
+def _in_vmap() -> bool:
+    """True when called inside ``torch.func.vmap`` (at any level)."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(
+        i.key() == torch._C._functorch.TransformType.Vmap
+        for i in retrieve_all_functorch_interpreters()
+    )
+
+
 def _host_any(t: torch.Tensor) -> bool:
     """``bool(t.any())`` read on the host, also inside ``torch.func`` transforms.
 
@@ -147,7 +157,7 @@ def _host_any(t: torch.Tensor) -> bool:
     the same per-problem results as a loop).
     """
     try:
-        return bool(t.any())
+        return bool(t) if t.dim() == 0 else bool(t.any())
     except RuntimeError:
         funct = torch._C._functorch
         while funct.is_functorch_wrapped_tensor(t):
@@ -165,8 +175,14 @@ class _Operator:
         self.b_leaves, self.spec = tree.flatten(b)
         self.ridge = ridge
         self.checked = False
+        self.single = isinstance(b, torch.Tensor)
 
     def __call__(self, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.single and self.checked:  # fast path: b is one tensor
+            out = self.matvec(leaves[0])
+            if self.ridge is not None:
+                out = out + self.ridge * leaves[0]
+            return [out]
         out = self.matvec(tree.unflatten(self.spec, leaves))
         out_leaves, out_spec = tree.flatten(out)
         if not self.checked:
@@ -229,11 +245,13 @@ class _Dots:
         self.batched = batched
 
     def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-        """Real part of ⟨a, b⟩."""
+        """⟨a, b⟩ = Σ conj(a)·b (complex for complex leaves; take ``.real`` where needed)."""
         if self.batched:
-            terms = [_conj_mul(x, y).reshape(x.shape[0], -1).sum(1) for x, y in zip(a, b)]
+            terms = [torch.linalg.vecdot(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
+                     for x, y in zip(a, b)]
         else:
-            terms = [_conj_mul(x, y).sum() for x, y in zip(a, b)]
+            terms = [torch.linalg.vecdot(x, y) if x.dim() == 1 else
+                     torch.linalg.vecdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
         total = terms[0]
         for t in terms[1:]:
             total = total + t
@@ -242,14 +260,15 @@ class _Dots:
     def sq(self, a: list[torch.Tensor]) -> torch.Tensor:
         return self.dot(a, a).real
 
-    def axpy(self, s: torch.Tensor, x: list[torch.Tensor], y: list[torch.Tensor]):
-        """``y + s x`` with ``s`` a scalar per problem."""
-        return [yy + self.expand(s, xx) * xx for xx, yy in zip(x, y)]
+    def axpy(self, s: torch.Tensor, x: list[torch.Tensor], y: list[torch.Tensor],
+             sign: int = 1):
+        """``y + sign · s x`` with ``s`` a scalar per problem."""
+        return [torch.addcmul(yy, self.expand(s, xx), xx, value=sign) for xx, yy in zip(x, y)]
 
     def expand(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if self.batched:
-            return s.reshape(s.shape + (1,) * (like.dim() - 1))
-        return s
+            s = s.reshape(s.shape + (1,) * (like.dim() - 1))
+        return s.to(like.dtype) if like.is_complex() and not s.is_complex() else s
 
 
 def _conj_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -385,32 +404,34 @@ def _cg(
     loop = _Loop(bl[0], maxiter, check_every)
     _check_finite(name, bl + x)
     thresh_sq = _threshold_sq(dots, bl, rtol, atol)
+    # Systems are frozen by masks unless one system is checked on the host every iteration.
+    masked = batched or loop.check_every > 1 or _in_vmap()
+    tiny = torch.finfo(thresh_sq.dtype).tiny
     r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
-    p = r
     rs = dots.sq(r)
-    active = rs > thresh_sq
-    count = torch.zeros_like(rs, dtype=torch.long) if return_info else None
-    state = {"x": x, "r": r, "p": p, "rs": rs, "active": active}
+    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq,
+         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
 
     def step(_: int) -> torch.Tensor:
-        nonlocal count
-        s = state
         ap = op(s["p"])
-        alpha = torch.where(s["active"], _safe_div(s["rs"], dots.dot(s["p"], ap).real), 0)
+        if masked:  # a frozen (converged) system may have p = 0: guard the divisions
+            alpha = torch.where(s["active"], s["rs"] / (dots.dot(s["p"], ap).real + tiny), 0)
+        else:  # checked every iteration: never called once rs == 0, so p ≠ 0 for SPD A
+            alpha = s["rs"] / dots.dot(s["p"], ap).real
         s["x"] = dots.axpy(alpha, s["p"], s["x"])
-        s["r"] = dots.axpy(-alpha, ap, s["r"])
+        s["r"] = dots.axpy(alpha, ap, s["r"], sign=-1)
         rs_new = dots.sq(s["r"])
-        beta = _safe_div(rs_new, s["rs"])
+        beta = rs_new / (s["rs"] + tiny) if masked else rs_new / s["rs"]
         s["p"] = dots.axpy(beta, s["p"], s["r"])
-        if count is not None:
-            count = count + s["active"]
-        s["rs"] = torch.where(s["active"], rs_new, s["rs"])
-        s["active"] = s["active"] & (s["rs"] > thresh_sq)
+        if s["count"] is not None:
+            s["count"] = s["count"] + s["active"]
+        s["rs"] = torch.where(s["active"], rs_new, s["rs"]) if masked else rs_new
+        s["active"] = s["rs"] > thresh_sq  # frozen systems keep rs <= thresh
         return s["active"]
 
-    k = loop.run(step, active)
-    info = _info(count if count is not None else k, state["rs"], thresh_sq)
-    return _finish(op.spec, state["x"], return_info, info)
+    k = loop.run(step, s["active"])
+    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq)
+    return _finish(op.spec, s["x"], return_info, info)
 
 
 # =========================================================================== normal CG
