@@ -6,7 +6,7 @@ an O(1)-memory least-squares proximal step, all pure functions over pytrees that
 ``torch.func``.
 """
 
-from unroll import linear_solve, optimizers, tree
+from unroll import data, linear_solve, metrics, models, optimizers, physics, tree
 from unroll._implicit_module import ImplicitModule
 from unroll.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
@@ -16,8 +16,12 @@ __all__ = [
     "ImplicitModule",
     "custom_fixed_point",
     "custom_root",
+    "data",
     "linear_solve",
+    "metrics",
+    "models",
     "optimizers",
+    "physics",
     "root_jvp",
     "root_vjp",
     "tree",

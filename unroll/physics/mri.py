@@ -1,0 +1,233 @@
+r"""Magnetic resonance imaging: undersampled (multi-coil) Fourier operators.
+
+With the centred orthonormal 2-D Fourier transform :math:`\mathcal F` (``fftshift ∘ fft2 ∘
+ifftshift``, ``norm="ortho"``, so low frequencies sit at the centre of the mask),
+
+* :class:`MRI`: :math:`y = m \odot \mathcal F x`, :math:`A^\top y = \mathcal F^{-1}(m \odot y)`;
+  prox :math:`h = \mathcal F^{-1}\bigl[(\gamma m y + \mathcal F z)/(\gamma m^2 + 1)\bigr]`
+  and :math:`A^\dagger y = \mathcal F^{-1}[y / m]` on :math:`m \ne 0` are closed forms.
+* :class:`MultiCoilMRI`: :math:`y_n = m \odot \mathcal F(S_n x)` for coil sensitivities
+  :math:`S_n`, :math:`A^\top y = \sum_n \bar S_n \mathcal F^{-1}(m \odot y_n)`; prox by CG.
+
+Images are complex ``(B, H, W)`` / ``(B, C, H, W)`` tensors or real tensors with the real and
+imaginary parts in dimension 1 (``(B, 2, H, W)``); outputs use the input's representation
+(real k-space as ``(B, 2, H, W)`` or, multi-coil, ``(B, 2, N, H, W)``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unroll.physics._utils import expand_per_sample, is_scalar_or_per_sample, require_tensor
+from unroll.physics.base import LinearPhysics
+from unroll.physics.prox import check_gamma
+
+__all__ = ["MRI", "MultiCoilMRI", "fft2c", "ifft2c"]
+
+_DIMS = (-2, -1)
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2-D FFT over the last two dimensions."""
+    x = torch.fft.ifftshift(x, dim=_DIMS)
+    return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=_DIMS)
+
+
+def ifft2c(k: torch.Tensor) -> torch.Tensor:
+    """Inverse (and adjoint) of :func:`fft2c`."""
+    k = torch.fft.ifftshift(k, dim=_DIMS)
+    return torch.fft.fftshift(torch.fft.ifft2(k, norm="ortho"), dim=_DIMS)
+
+
+def to_complex(api: str, name: str, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(complex view, was_complex)``; a real input holds (real, imag) in dimension 1."""
+    require_tensor(api, name, x)
+    if x.is_complex():
+        return x, True
+    if not x.is_floating_point() or x.dim() < 3 or x.shape[1] != 2:
+        raise ValueError(
+            f"{api}: a real {name} must hold (real, imag) parts in dimension 1, e.g. shape "
+            f"(B, 2, H, W); got {tuple(x.shape)} ({x.dtype}). Pass a complex tensor otherwise."
+        )
+    return torch.complex(x[:, 0], x[:, 1]), False
+
+
+def from_complex(z: torch.Tensor, was_complex: bool) -> torch.Tensor:
+    """Back to the caller's representation (see :func:`to_complex`)."""
+    return z if was_complex else torch.stack((z.real, z.imag), dim=1)
+
+
+def _fit_mask(api: str, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Broadcast a ``(H, W)``, per-sample ``(B, H, W)`` or full mask against ``target``."""
+    m = mask
+    if 3 <= m.dim() < target.dim():
+        m = m.reshape(m.shape[:1] + (1,) * (target.dim() - m.dim()) + m.shape[1:])
+    try:
+        ok = torch.broadcast_shapes(m.shape, target.shape) == target.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{api}: mask of shape {tuple(mask.shape)} does not fit k-space of shape "
+            f"{tuple(target.shape)}; use (H, W), (B, H, W) or the full k-space shape."
+        )
+    return m
+
+
+def _real_mask(api: str, mask: torch.Tensor) -> torch.Tensor:
+    require_tensor(api, "mask", mask)
+    if mask.dtype == torch.bool:
+        mask = mask.to(torch.get_default_dtype())
+    if mask.is_complex() or not mask.is_floating_point():
+        raise TypeError(f"{api}: mask must be a real floating (or bool) tensor, got {mask.dtype}.")
+    if mask.dim() < 2:
+        raise ValueError(f"{api}: mask must have at least 2 dims (H, W), got {tuple(mask.shape)}.")
+    return mask
+
+
+class MRI(LinearPhysics):
+    r"""Single-coil accelerated MRI: :math:`y = m \odot \mathcal F x`.
+
+    Args:
+        mask: real sampling mask ``(H, W)``, ``(B, H, W)`` (per sample) or the full k-space
+            shape; binary or real weights (pytree leaf).
+        noise_model, max_iter, tol, implicit_backward_solver: see :class:`LinearPhysics`.
+
+    ``prox_l2`` (number / 0-dim / per-sample ``gamma``; a full-shaped ``gamma`` uses CG) and
+    ``A_dagger`` (zero-filled inverse for a binary mask) are closed forms.
+
+    Example:
+        >>> import torch
+        >>> from unroll.physics import MRI
+        >>> mask = torch.zeros(16, 16); mask[:, ::2] = 1
+        >>> physics = MRI(mask)
+        >>> x = torch.randn(3, 2, 16, 16)            # (real, imag) in dim 1
+        >>> physics.A(x).shape
+        torch.Size([3, 2, 16, 16])
+    """
+
+    leaves = ("mask",)
+    static = ()
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        *,
+        noise_model=None,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        implicit_backward_solver: bool = True,
+    ) -> None:
+        self.mask = _real_mask("MRI", mask)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        xc, c = to_complex("MRI.A", "x", x)
+        return from_complex(_fit_mask("MRI.A", self.mask, xc) * fft2c(xc), c)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        yc, c = to_complex("MRI.A_adjoint", "y", y)
+        return from_complex(ifft2c(_fit_mask("MRI.A_adjoint", self.mask, yc) * yc), c)
+
+    def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
+        xc, c = to_complex("MRI.A_adjoint_A", "x", x)
+        m = _fit_mask("MRI.A_adjoint_A", self.mask, xc)
+        return from_complex(ifft2c(m.square() * fft2c(xc)), c)
+
+    def prox_l2(self, z, y, gamma, **options):
+        api = "MRI.prox_l2"
+        zc, c = to_complex(api, "z", z)
+        yc, _ = to_complex(api, "y", y)
+        if yc.shape != zc.shape:
+            raise ValueError(
+                f"{api}: y has shape {tuple(y.shape)} but z has {tuple(z.shape)}; they must match."
+            )
+        gamma = check_gamma(api, gamma, z)
+        if not is_scalar_or_per_sample(gamma, z):
+            return super().prox_l2(z, y, gamma, **options)
+        g = expand_per_sample(gamma, zc)
+        m = _fit_mask(api, self.mask, zc)
+        return from_complex(ifft2c((g * m * yc + fft2c(zc)) / (g * m.square() + 1)), c)
+
+    def A_dagger(self, y, **options):
+        yc, c = to_complex("MRI.A_dagger", "y", y)
+        m = _fit_mask("MRI.A_dagger", self.mask, yc)
+        nz = m != 0
+        inv = torch.where(nz, 1 / torch.where(nz, m, torch.ones_like(m)), torch.zeros_like(m))
+        return from_complex(ifft2c(inv * yc), c)
+
+
+class MultiCoilMRI(LinearPhysics):
+    r"""Multi-coil (parallel) MRI: :math:`y_n = m \odot \mathcal F(S_n x)`, ``n = 1..N``.
+
+    Args:
+        mask: real sampling mask ``(H, W)``, ``(B, H, W)`` or broadcastable to ``(B, N, H, W)``.
+        coil_maps: sensitivities ``(N, H, W)`` or per sample ``(B, N, H, W)``, complex (or real).
+        noise_model, max_iter, tol, implicit_backward_solver: see :class:`LinearPhysics`;
+            ``prox_l2`` and ``A_dagger`` use CG.
+
+    Images: complex ``(B, H, W)`` or real ``(B, 2, H, W)``; k-space: complex ``(B, N, H, W)``
+    or real ``(B, 2, N, H, W)``.
+
+    Example:
+        >>> import torch
+        >>> from unroll.physics import MultiCoilMRI
+        >>> maps = torch.randn(4, 16, 16, dtype=torch.complex64)
+        >>> physics = MultiCoilMRI(torch.ones(16, 16), maps)
+        >>> physics.A(torch.randn(2, 16, 16, dtype=torch.complex64)).shape
+        torch.Size([2, 4, 16, 16])
+    """
+
+    leaves = ("mask", "coil_maps")
+    static = ()
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        coil_maps: torch.Tensor,
+        *,
+        noise_model=None,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        implicit_backward_solver: bool = True,
+    ) -> None:
+        self.mask = _real_mask("MultiCoilMRI", mask)
+        require_tensor("MultiCoilMRI", "coil_maps", coil_maps)
+        if coil_maps.dim() not in (3, 4):
+            raise ValueError(
+                "MultiCoilMRI: coil_maps must have shape (N, H, W) or (B, N, H, W), got "
+                f"{tuple(coil_maps.shape)}."
+            )
+        self.coil_maps = coil_maps
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+
+    def _maps(self, api: str, xc: torch.Tensor) -> torch.Tensor:
+        if xc.dim() != 3 or xc.shape[-2:] != self.coil_maps.shape[-2:]:
+            raise ValueError(
+                f"{api}: images must be complex (B, H, W) or real (B, 2, H, W) with (H, W) = "
+                f"{tuple(self.coil_maps.shape[-2:])}; got complex shape {tuple(xc.shape)}."
+            )
+        maps = self.coil_maps
+        if maps.dim() == 4 and maps.shape[0] not in (1, xc.shape[0]):
+            raise ValueError(
+                f"{api}: coil_maps batch {maps.shape[0]} != image batch {xc.shape[0]}."
+            )
+        return maps
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        api = "MultiCoilMRI.A"
+        xc, c = to_complex(api, "x", x)
+        k = fft2c(self._maps(api, xc) * xc.unsqueeze(1))
+        return from_complex(_fit_mask(api, self.mask, k) * k, c)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        api = "MultiCoilMRI.A_adjoint"
+        yc, c = to_complex(api, "y", y)
+        if yc.dim() != 4:
+            raise ValueError(
+                f"{api}: k-space must be complex (B, N, H, W) or real (B, 2, N, H, W); got "
+                f"{tuple(y.shape)}."
+            )
+        img = ifft2c(_fit_mask(api, self.mask, yc) * yc)
+        maps = self._maps(api, yc[:, 0])
+        return from_complex((maps.conj() * img).sum(dim=1), c)
