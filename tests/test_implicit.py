@@ -116,7 +116,7 @@ def test_vmap_over_problems_equals_loop():
 
     vm = torch.func.vmap(hyper)(lams, Xs, ys)
     loop = torch.stack([hyper(lams[i], Xs[i], ys[i]) for i in range(8)])
-    ref = torch.stack([torch.func.grad(lambda l: outer_loss(ridge_closed(l, Xs[i], ys[i])))(
+    ref = torch.stack([torch.func.grad(lambda l, i=i: outer_loss(ridge_closed(l, Xs[i], ys[i])))(
         lams[i]) for i in range(8)])
     torch.testing.assert_close(vm, loop, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(vm, ref, rtol=1e-8, atol=1e-10)
@@ -346,3 +346,32 @@ def test_converged_backward_does_not_warn():
 def test_top_level_exports():
     assert unroll.custom_root is custom_root and unroll.root_vjp is root_vjp
     assert unroll.custom_fixed_point is custom_fixed_point and unroll.root_jvp is root_jvp
+
+
+@pytest.mark.parametrize("solve_name", ["solve_fixed_point", "solve_anderson", "solve_gmres"])
+def test_custom_fixed_point_with_fixed_point_backward_solvers(solve_name):
+    # The backward operator is (I − ∂T)ᵀ: Richardson/Anderson iterations on it converge for a
+    # contractive T, and agree with the closed form x* = (I − M)⁻¹ a.
+    from unroll import fixed_point as fp
+
+    solve = getattr(fp, solve_name, None) or getattr(ls, solve_name)
+    g = torch.Generator().manual_seed(21)
+    M = torch.randn(5, 5, generator=g, dtype=DT)
+    M = 0.6 * M / torch.linalg.matrix_norm(M, ord=2)
+    a = torch.randn(5, generator=g, dtype=DT)
+    T = lambda x, M, a: M @ x + a  # noqa: E731
+
+    @custom_fixed_point(T, argnums=(1, 2), solve=functools.partial(solve, rtol=1e-12,
+                                                                    maxiter=400))
+    def fp_solve(x, M, a):
+        for _ in range(200):
+            x = T(x, M, a)
+        return x
+
+    loss = lambda x: (x * torch.arange(5, dtype=DT)).sum()  # noqa: E731
+    ours = torch.func.grad(lambda M, a: loss(fp_solve(torch.zeros(5, dtype=DT), M, a)),
+                           argnums=(0, 1))(M, a)
+    ref = torch.func.grad(lambda M, a: loss(torch.linalg.solve(torch.eye(5, dtype=DT) - M, a)),
+                          argnums=(0, 1))(M, a)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-9, atol=1e-11)

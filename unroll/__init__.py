@@ -6,13 +6,33 @@ an O(1)-memory least-squares proximal step, all pure functions over pytrees that
 ``torch.func``.
 """
 
-from unroll import data, linear_solve, metrics, models, optimizers, physics, tree
+from unroll import (
+    data,
+    equilibrium,
+    fixed_point,
+    linear_solve,
+    metrics,
+    models,
+    optimizers,
+    physics,
+    tree,
+)
 from unroll._implicit_module import ImplicitModule
+from unroll.equilibrium import DEQ, DEQConfig, deq
+from unroll.fixed_point import FixedPointInfo, anderson, fixed_point_iteration
 from unroll.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEQ",
+    "DEQConfig",
+    "FixedPointInfo",
+    "anderson",
+    "deq",
+    "equilibrium",
+    "fixed_point",
+    "fixed_point_iteration",
     "ImplicitModule",
     "custom_fixed_point",
     "custom_root",

@@ -6,10 +6,11 @@ the implicit function theorem gives
 .. math::  \partial_\theta x^* = -(\partial_x F)^{-1}\, \partial_\theta F .
 
 Reverse mode therefore needs one linear solve with the transposed Jacobian,
-:math:`(\partial_x F)^\top u = -\bar x`, followed by :math:`\bar\theta = (\partial_\theta F)^\top u`
-(:func:`root_vjp`); forward mode solves :math:`(\partial_x F)\, \dot x = -\partial_\theta F\,\dot\theta`
-(:func:`root_jvp`). :func:`custom_root` attaches these rules to any solver, whatever it does
-inside (it is run without recording a graph), so memory does not depend on its iterations.
+:math:`(\partial_x F)^\top u = -\bar x`, followed by
+:math:`\bar\theta = (\partial_\theta F)^\top u` (:func:`root_vjp`); forward mode solves
+:math:`(\partial_x F)\, \dot x = -\partial_\theta F\,\dot\theta` (:func:`root_jvp`).
+:func:`custom_root` attaches these rules to any solver, whatever it does inside (it is run
+without recording a graph), so memory does not depend on its iterations.
 
 The rules live in a ``torch.autograd.Function`` (``forward`` + ``setup_context`` with a
 generated vmap rule) that saves the *solution* it outputs, so ``.backward()``,
@@ -26,7 +27,8 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -455,8 +457,9 @@ def custom_fixed_point(
 
     The decorated ``solver(init_params, *args)`` returns ``x`` with
     :math:`x = T(x, *\text{args})`, ``T = fixed_point_fn``. It is :func:`custom_root` with
-    :math:`F(x, \theta) = T(x, \theta) - x`, so the backward solves
-    :math:`(I - \partial_x T)^\top v = \bar x` (in the form ``(∂ₓT − I)ᵀ u = −x̄``, ``u = v``).
+    :math:`F(x, \theta) = x - T(x, \theta)`, so ``solve`` receives the operator
+    :math:`u \mapsto (I - \partial_x T)^\top u`: for a contractive ``T`` a fixed-point
+    (Richardson) or Anderson solve of it converges, as do GMRES and BiCGStab.
 
     Args:
         fixed_point_fn: ``T(params, *args)`` returning a pytree shaped like ``params``.
@@ -482,7 +485,7 @@ def custom_fixed_point(
         raise TypeError("custom_fixed_point: fixed_point_fn must be callable T(params, *args).")
 
     def optimality_fn(x, *args, **kwargs):
-        return tree.sub(fixed_point_fn(x, *args, **kwargs), x)
+        return tree.sub(x, fixed_point_fn(x, *args, **kwargs))
 
     functools.update_wrapper(optimality_fn, fixed_point_fn)
     optimality_fn.__wrapped__ = fixed_point_fn  # signature binding uses T's names
@@ -546,9 +549,4 @@ def _decorator(api, optimality_fn, argnums, has_aux, solve):
     return decorator
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ImplicitModule":
-        from unroll._implicit_module import ImplicitModule
-
-        return ImplicitModule
-    raise AttributeError(f"module 'unroll.implicit' has no attribute {name!r}")
+from unroll._implicit_module import ImplicitModule  # noqa: E402  (uses custom_root)

@@ -1,0 +1,769 @@
+r"""Fixed-point solvers over pytrees: plain iteration and Anderson acceleration.
+
+Both find :math:`z^\star = f(z^\star, \text{args})` for a map ``f(z, *args)`` whose state ``z``
+is a pytree of tensors (a tensor, or an algorithm's NamedTuple state), and return
+``(z, FixedPointInfo)``. The fixed-point residual of an iterate ``z`` is
+
+.. math::  r_{\text{abs}}(z) = \|f(z) - z\|, \qquad r_{\text{rel}}(z) = \|f(z) - z\| / \|f(z)\|,
+
+and a solve stops when the residual named by ``stop_mode`` is ``≤ tol``. With
+``batched=True`` the leading dimension of every leaf indexes independent problems: norms are
+per sample, a converged sample freezes (its iterate stops changing) while the others go on,
+and ``FixedPointInfo`` holds one entry per sample.
+
+The module also provides two linear solvers with the signature of :mod:`unroll.linear_solve`,
+for backward passes of deep equilibrium models: :func:`solve_fixed_point` (Richardson
+iteration ``x ← x + (b − A x)``) and :func:`solve_anderson` (the same map, Anderson-
+accelerated). For ``A = I − Jᵀ`` they solve the DEQ adjoint equation ``v = Jᵀ v + b``.
+
+Convergence is checked on the host only at some iterations: by default the checks adapt (from
+the geometric rate observed between two checks, the next check is placed where the slowest
+problem should reach its tolerance, at most doubling the iterations run so far), so a solve
+checks a handful of times rather than at every step and costs about as much as a bare Python
+loop over ``f``; ``check_every=k`` checks every ``k`` iterations instead. The residual is only
+computed at checks, so ``num_iter`` is the first checked iteration that met the tolerance.
+Under ``torch.func.vmap`` the loops keep running, with converged problems frozen by masks,
+until every problem of the vmapped batch has converged, which gives per-problem results equal
+to a Python loop over the problems.
+
+References:
+    Walker & Ni, "Anderson acceleration for fixed-point iterations", SIAM J. Numer. Anal.
+    49(4), 2011. Bai, Kolter & Koltun, "Deep equilibrium models", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any, NamedTuple
+
+import torch
+
+from unroll import tree
+from unroll.linear_solve import ConvergenceWarning, SolveInfo, _host_any
+
+PyTree = Any
+
+__all__ = [
+    "FixedPointInfo",
+    "fixed_point_iteration",
+    "anderson",
+    "solve_fixed_point",
+    "solve_anderson",
+]
+
+
+class FixedPointInfo(NamedTuple):
+    """Diagnostics of a fixed-point solve (tensors; one entry per sample when ``batched``).
+
+    Attributes:
+        num_iter: evaluations of ``f`` until the first convergence check that met the
+            tolerance (or until the solve stopped, when none did).
+        residual: the residual (in the solve's ``stop_mode``) at that check.
+        converged: whether ``residual ≤ tol``.
+        trace: residuals at every convergence check, shape ``(checks,)`` or ``(checks, B)``.
+    """
+
+    num_iter: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+    trace: torch.Tensor
+
+
+# =========================================================================== validation
+_STOP_MODES = ("abs", "rel")
+
+
+def _check_common(
+    name: str,
+    z_leaves: list[Any],
+    maxiter: int,
+    tol: float,
+    batched: bool,
+    check_every: int | None,
+) -> None:
+    if not z_leaves:
+        raise ValueError(f"{name}: the state has no tensor leaves; pass a tensor or a pytree.")
+    for leaf in z_leaves:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(
+                f"{name}: every leaf of the state must be a torch.Tensor, got "
+                f"{type(leaf).__name__}; keep non-tensor settings in *args."
+            )
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise TypeError(
+                f"{name}: the state must be floating point or complex, got {leaf.dtype}; "
+                "convert it with .to(torch.float32)."
+            )
+        if batched and leaf.dim() == 0:
+            raise ValueError(
+                f"{name}: batched=True needs a leading batch dimension on every leaf, got a "
+                "0-dim tensor; pass batched=False."
+            )
+    if batched and len({leaf.shape[0] for leaf in z_leaves}) != 1:
+        raise ValueError(
+            f"{name}: batched=True needs the same leading (batch) size on every leaf, got "
+            f"{sorted({leaf.shape[0] for leaf in z_leaves})}."
+        )
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0:
+        raise ValueError(f"{name}: maxiter must be a positive int, got {maxiter!r}.")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"{name}: tol must be a finite float >= 0, got {tol!r}.")
+    if check_every is not None and (not isinstance(check_every, int) or check_every <= 0):
+        raise ValueError(
+            f"{name}: check_every must be a positive int or None, got {check_every!r}."
+        )
+
+
+def _check_anderson(name: str, history_size: int, beta: float, ridge: float) -> None:
+    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
+        raise ValueError(f"{name}: history_size must be an int >= 1, got {history_size!r}.")
+    if not (isinstance(beta, (int, float)) and 0 < beta and math.isfinite(beta)):
+        raise ValueError(f"{name}: beta (damping) must be a float > 0, got {beta!r}.")
+    if not (isinstance(ridge, (int, float)) and ridge >= 0 and math.isfinite(ridge)):
+        raise ValueError(f"{name}: ridge must be a float >= 0, got {ridge!r}.")
+
+
+def _check_finite(name: str, what: str, leaves: list[torch.Tensor]) -> None:
+    if any(_host_any(~torch.isfinite(t)) for t in leaves):
+        raise ValueError(f"{name}: {what} contains NaN or Inf; check the inputs.")
+
+
+# =========================================================================== the map
+class _Map:
+    """``leaves ↦ leaves of f(unflatten(leaves), *args)``, checked once, dtypes kept."""
+
+    def __init__(self, name: str, f: Callable[..., PyTree], z0: PyTree, args: tuple) -> None:
+        if not callable(f):
+            raise TypeError(f"{name}: f must be callable f(z, *args) -> z, got {type(f).__name__}.")
+        self.name, self.f, self.args = name, f, args
+        self.single = isinstance(z0, torch.Tensor)
+        self.leaves0, self.spec = ([z0], None) if self.single else tree.flatten(z0)
+        self.dtypes = [x.dtype for x in self.leaves0]
+        self.checked = False
+        self.needs_cast = False
+
+    def leaves(self, z: PyTree) -> list[torch.Tensor]:
+        return [z] if self.single else tree.leaves(z)
+
+    def pack(self, leaves: list[torch.Tensor]) -> PyTree:
+        return leaves[0] if self.single else tree.unflatten(self.spec, leaves)
+
+    def __call__(self, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = self.f(self.pack(leaves), *self.args)
+        out_leaves = [out] if self.single and isinstance(out, torch.Tensor) else None
+        if out_leaves is None:
+            out_leaves, spec = tree.flatten(out)
+            if spec != (self.spec if not self.single else tree.structure(self.leaves0[0])):
+                raise ValueError(
+                    f"{self.name}: f must return a state with the structure of z0; got "
+                    f"{spec}, expected {tree.structure(self.pack(self.leaves0))}."
+                )
+        if not self.checked:
+            self._check_shapes(out_leaves)
+            self.checked = True
+            self.needs_cast = any(o.dtype != d for o, d in zip(out_leaves, self.dtypes))
+        if not self.needs_cast:
+            return out_leaves
+        return [o if o.dtype == d else o.to(d) for o, d in zip(out_leaves, self.dtypes)]
+
+    def stepper(self) -> Callable[[PyTree], PyTree]:
+        """``z ↦ f(z, *args)`` on pytrees; after the first (checked) call, a bare call unless
+        the output dtypes must be cast back (e.g. under autocast)."""
+        if not self.checked or self.needs_cast:
+            return lambda z: self.pack(self(self.leaves(z)))
+        f, args = self.f, self.args
+        return lambda z: f(z, *args)
+
+    def _check_shapes(self, out_leaves: list[Any]) -> None:
+        for o, z in zip(out_leaves, self.leaves0):
+            if not isinstance(o, torch.Tensor) or o.shape != z.shape:
+                got = tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+                raise ValueError(
+                    f"{self.name}: f returned a leaf of shape {got} where z0 has "
+                    f"{tuple(z.shape)}; f(z, *args) must return a state shaped like z."
+                )
+
+
+def _norm(leaves: list[torch.Tensor], batched: bool) -> torch.Tensor:
+    """Euclidean norm over all leaves: 0-dim, or per sample ``(B,)`` when batched."""
+    if batched:
+        norms = [torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1) for x in leaves]
+    else:
+        norms = [torch.linalg.vector_norm(x) for x in leaves]
+    if len(norms) == 1:
+        return norms[0]
+    return torch.stack(norms).square().sum(0).sqrt()
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
+
+
+def _freeze(done: torch.Tensor, old: list[torch.Tensor], new: list[torch.Tensor]):
+    return [torch.where(_expand(done, n), o, n) for o, n in zip(old, new)]
+
+
+# Stopping rule: (‖f(z) − z‖, f(z) leaves) -> (reported residual r, threshold): converged
+# when r ≤ threshold.
+_Stop = Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, Any]]
+
+
+def _stop_rule(stop_mode: str, tol: float, batched: bool) -> _Stop:
+    if stop_mode == "abs":
+        return lambda res, fz: (res, tol)
+
+    def rel(res: torch.Tensor, fz: list[torch.Tensor]):
+        scale = _norm(fz, batched)
+        return res / scale.clamp_min(torch.finfo(scale.dtype).tiny), tol
+
+    return rel
+
+
+_MAX_GAP = 64
+
+
+class _Checks:
+    """When to check convergence on the host, and the per-problem bookkeeping.
+
+    With ``every=None`` the checks are adaptive: from the last two checks the geometric rate
+    of the slowest unconverged problem predicts the iteration at which it will reach its
+    tolerance, and the next check is placed there (at most doubling the iterations run so
+    far). A linearly convergent iteration is then checked a handful of times instead of at
+    every step, so the loop costs about as much as a bare loop over ``f``. A fixed ``every``
+    checks every ``every`` iterations instead.
+    """
+
+    def __init__(self, maxiter: int, every: int | None) -> None:
+        self.maxiter, self.every = maxiter, every
+        self.next = every or 1
+        self.last: tuple[int, float] | None = None
+        self.done: torch.Tensor | None = None
+        self.any_done = False
+        self.trace: list[torch.Tensor] = []
+        self.conv: list[torch.Tensor] = []
+        self.ks: list[int] = []
+
+    def due(self, k: int) -> bool:
+        return k >= self.next or k == self.maxiter
+
+    def record(self, k: int, r: torch.Tensor, thr: Any) -> bool:
+        """Record the residuals ``r`` of iteration ``k``; True when the loop should stop."""
+        r = r.detach()
+        converged = r <= thr
+        self.done = converged if self.done is None else self.done | converged
+        self.trace.append(r)
+        self.conv.append(converged)
+        self.ks.append(k)
+        worst = _host_max((r / thr).masked_fill(self.done, 0))
+        if worst is not None and worst <= 1:
+            return True
+        if worst is not None and not math.isfinite(worst) and _host_any(~torch.isfinite(r)):
+            return True  # diverged (NaN / Inf): stop, reported as not converged
+        if not self.any_done:
+            self.any_done = _host_any(self.done)
+        self._plan(k, worst)
+        return False
+
+    def _plan(self, k: int, worst: float | None) -> None:
+        if self.every is not None or worst is None:
+            self.next = k + (self.every or 1)
+            return
+        gap = 1
+        if not math.isfinite(worst):
+            gap = _MAX_GAP
+        elif self.last is not None and 0 < worst < self.last[1]:
+            k0, w0 = self.last
+            rate = math.log(worst / w0) / (k - k0)
+            gap = math.ceil(math.log(1.0 / worst) / rate)
+        elif self.last is not None:
+            gap = 2 * (k - self.last[0])
+        self.last = (k, worst)
+        self.next = k + max(1, min(gap, k, _MAX_GAP))
+
+    def info(self) -> FixedPointInfo:
+        trace = torch.stack(self.trace)
+        conv = torch.stack(self.conv)
+        first = torch.where(conv.any(0), conv.to(torch.uint8).argmax(0), len(self.ks) - 1)
+        ks = torch.tensor(self.ks, device=trace.device)
+        ks = ks.reshape(-1, *([1] * (trace.dim() - 1))).expand(trace.shape)
+        index = first.unsqueeze(0)
+        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0),
+                              torch.gather(trace, 0, index).squeeze(0), self.done, trace)
+
+
+# =========================================================================== plain iteration
+def _iterate(
+    fmap: _Map, maxiter: int, stop: _Stop, batched: bool, check_every: int | None
+) -> tuple[PyTree, FixedPointInfo]:
+    checks = _Checks(maxiter, check_every)
+    frozen = None  # mask of problems that converged at an earlier check
+    z = fmap.pack(fmap.leaves0)
+    step = fmap.stepper()
+    for k in range(1, maxiter + 1):
+        fz = step(z)
+        if k == 1:
+            step = fmap.stepper()  # the first call validated f's output
+        if checks.due(k):
+            zl, fl = fmap.leaves(z), fmap.leaves(fz)
+            res = _norm([a - b for a, b in zip(fl, zl)], batched)
+            finished = checks.record(k, *stop(res, fl))
+            z = fz if frozen is None else fmap.pack(_freeze(frozen, zl, fl))
+            if finished:
+                break
+            if checks.any_done:
+                frozen = checks.done
+        elif frozen is not None:
+            z = fmap.pack(_freeze(frozen, fmap.leaves(z), fmap.leaves(fz)))
+        else:
+            z = fz
+    return z, checks.info()
+
+
+def fixed_point_iteration(
+    f: Callable[..., PyTree],
+    z0: PyTree,
+    *args: Any,
+    maxiter: int = 100,
+    tol: float = 1e-5,
+    stop_mode: str = "rel",
+    batched: bool = False,
+    check_every: int | None = None,
+) -> tuple[PyTree, FixedPointInfo]:
+    r"""Plain fixed-point iteration :math:`z_{k+1} = f(z_k, \text{args})`.
+
+    Stops at the first checked iterate with residual ``≤ tol`` (see the module docstring) and
+    returns :math:`f(z_k)`, the last evaluation. The loop does nothing else per step beyond the
+    residual at checks, so its cost is close to a bare Python loop over ``f``. It is
+    differentiable by autograd (unrolled), though for deep equilibrium models
+    :func:`unroll.deq` differentiates the fixed point implicitly instead.
+
+    Args:
+        f: ``f(z, *args) -> z`` with ``z`` a pytree of tensors; returns the same structure and
+            shapes (dtypes are kept as ``z0``'s, e.g. under autocast).
+        z0: initial state (pytree of floating or complex tensors).
+        *args: passed to ``f`` unchanged.
+        maxiter: cap on evaluations of ``f``.
+        tol: tolerance on the residual (``0`` runs exactly ``maxiter`` steps).
+        stop_mode: ``"rel"`` (``‖f(z)−z‖/‖f(z)‖``) or ``"abs"`` (``‖f(z)−z‖``).
+        batched: the leading dimension of every leaf indexes independent problems:
+            per-sample residuals, converged samples freeze.
+        check_every: iterations between host-side convergence checks (default ``None``:
+            adaptive, see the module docstring).
+
+    Returns:
+        ``(z, FixedPointInfo(num_iter, residual, converged, trace))``.
+
+    Example:
+        >>> import torch
+        >>> z, info = fixed_point_iteration(torch.cos, torch.tensor(1.0, dtype=torch.float64),
+        ...                                 tol=1e-10, maxiter=200)
+        >>> round(float(z), 6), bool(info.converged)
+        (0.739085, True)
+
+    References:
+        Banach fixed-point theorem; Bai, Kolter & Koltun, "Deep equilibrium models", 2019.
+    """
+    name = "fixed_point_iteration"
+    fmap = _Map(name, f, z0, args)
+    if stop_mode not in _STOP_MODES:
+        raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
+    _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
+    _check_finite(name, "z0", fmap.leaves0)
+    return _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every)
+
+
+# =========================================================================== Anderson
+class _Flat:
+    """Leaves ↔ one real matrix ``(B, n)`` (``B = 1`` unless batched), in a working dtype of at
+    least float32; complex leaves are stored as (real, imag) pairs."""
+
+    def __init__(self, leaves: list[torch.Tensor], batched: bool) -> None:
+        self.batched = batched
+        self.shapes = [x.shape for x in leaves]
+        self.dtypes = [x.dtype for x in leaves]
+        real = [x.real.dtype if x.is_complex() else x.dtype for x in leaves]
+        wdtype = real[0]
+        for d in real[1:]:
+            wdtype = torch.promote_types(wdtype, d)
+        self.wdtype = torch.promote_types(wdtype, torch.float32)
+        self.rows = leaves[0].shape[0] if batched else 1
+        self.sizes = [
+            (x.numel() // self.rows) * (2 if x.is_complex() else 1) for x in leaves
+        ]
+
+    def to_mat(self, leaves: list[torch.Tensor]) -> torch.Tensor:
+        parts = [
+            (torch.view_as_real(x) if x.is_complex() else x).reshape(self.rows, -1) for x in leaves
+        ]
+        mat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return mat if mat.dtype == self.wdtype else mat.to(self.wdtype)
+
+    def from_mat(self, mat: torch.Tensor) -> list[torch.Tensor]:
+        parts = [mat] if len(self.sizes) == 1 else torch.split(mat, self.sizes, dim=1)
+        out = []
+        for p, shape, dtype in zip(parts, self.shapes, self.dtypes):
+            if dtype.is_complex:
+                p = torch.view_as_complex(p.to(_REAL[dtype]).reshape(*shape, 2).contiguous())
+            else:
+                p = p.reshape(shape)
+            out.append(p if p.dtype == dtype else p.to(dtype))
+        return out
+
+
+_REAL = {torch.complex32: torch.float16, torch.complex64: torch.float32,
+         torch.complex128: torch.float64}
+
+
+def _mixing_weights(
+    g_hist: torch.Tensor, ones: torch.Tensor, ridge: float, floor: torch.Tensor
+) -> torch.Tensor:
+    r"""``α = argmin ‖Σ αᵢ gᵢ‖² + λ‖α‖²`` s.t. ``Σ αᵢ = 1``, per row, with ``λ`` relative:
+    ``λ = ridge · mean(diag GGᵀ)`` (plus a tiny ``floor`` so that ``G = 0`` stays solvable).
+    Closed form ``α = y / Σy`` with ``(GGᵀ + λI) y = 1``. Returns ``α`` as ``(B, 1, m)``."""
+    gram = torch.bmm(g_hist, g_hist.transpose(1, 2))
+    diag = gram.diagonal(dim1=1, dim2=2)
+    diag.add_(torch.add(floor, diag.sum(dim=1, keepdim=True), alpha=ridge / diag.shape[1]))
+    y = torch.linalg.solve_ex(gram, ones)[0]
+    return y.transpose(1, 2) / y.sum(dim=1, keepdim=True)
+
+
+def _anderson(
+    fmap: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    z: list[torch.Tensor],
+    maxiter: int,
+    stop: _Stop,
+    batched: bool,
+    check_every: int | None,
+    history_size: int,
+    beta: float,
+    ridge: float,
+) -> tuple[list[torch.Tensor], FixedPointInfo]:
+    flat = _Flat(z, batched)
+    x = flat.to_mat(z)
+    fs = gs = None  # ring buffers of f(xᵢ) and gᵢ = f(xᵢ) − xᵢ, shape (B, m, n)
+    checks = _Checks(maxiter, check_every)
+    device = x.device.type
+    exact = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
+    frozen = None
+    fz = z
+    for k in range(1, maxiter + 1):
+        fz = fmap(flat.from_mat(x))
+        fx = flat.to_mat(fz)
+        g = fx - x
+        if checks.due(k):
+            res = torch.linalg.vector_norm(g, dim=1 if batched else None)
+            if checks.record(k, *stop(res, fz)) or k == maxiter:
+                break
+            if checks.any_done:
+                frozen = checks.done.reshape(-1, 1)
+        slot = (k - 1) % history_size
+        if fs is None:
+            fs = fx.unsqueeze(1).repeat(1, history_size, 1)
+            gs = g.unsqueeze(1).repeat(1, history_size, 1)
+            ones = torch.ones_like(gs[:, :, :1])
+            floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype,
+                               device=gs.device)
+        elif torch.is_grad_enabled() and (fx.requires_grad or fs.requires_grad):
+            # differentiable (unrolled through the iterations): no in-place history
+            idx = torch.tensor([slot], device=fx.device)
+            fs = fs.index_copy(1, idx, fx.unsqueeze(1))
+            gs = gs.index_copy(1, idx, g.unsqueeze(1))
+        else:
+            fs[:, slot] = fx
+            gs[:, slot] = g
+        n = min(k, history_size)
+        if n == 1:
+            x_new = x + beta * g
+        else:
+            with exact if exact is not None else nullcontext():
+                alpha = _mixing_weights(gs[:, :n], ones[:, :n], ridge, floor)
+                hist = fs[:, :n] if beta == 1 else fs[:, :n] - (1 - beta) * gs[:, :n]
+                x_new = (alpha.transpose(1, 2) * hist).sum(dim=1)
+        x = x_new if frozen is None else torch.where(frozen, x, x_new)
+    return fmap.pack(fz), checks.info()
+
+
+def anderson(
+    f: Callable[..., PyTree],
+    z0: PyTree,
+    *args: Any,
+    history_size: int = 5,
+    beta: float = 1.0,
+    ridge: float = 1e-4,
+    maxiter: int = 100,
+    tol: float = 1e-5,
+    stop_mode: str = "rel",
+    batched: bool = False,
+    check_every: int | None = None,
+) -> tuple[PyTree, FixedPointInfo]:
+    r"""Anderson acceleration (type II) of the fixed-point iteration of ``f``.
+
+    With iterates :math:`x_i` and residuals :math:`g_i = f(x_i) - x_i` of the last
+    :math:`m` = ``history_size`` steps, each step solves
+
+    .. math::  \alpha = \arg\min_{\sum_i \alpha_i = 1}
+               \Big\|\sum_i \alpha_i g_i\Big\|^2 + \lambda \|\alpha\|^2,\qquad
+               \lambda = \texttt{ridge}\cdot\tfrac1m \textstyle\sum_i \|g_i\|^2,
+
+    and sets :math:`x_{k+1} = \sum_i \alpha_i (x_i + \beta g_i)`. The regulariser is *relative*
+    to the Gram matrix :math:`G G^\top`, so it keeps the same weight as the residuals shrink
+    (an absolute ``λ = 1e-4``, as in TorchDEQ, dominates the Gram matrix near the solution and
+    turns Anderson into damped plain iteration). The small ``m × m`` solve runs in at least
+    float32 with autocast disabled, so the solver works under bf16 autocast; iterates keep the
+    dtype of ``z0``. The state is flattened into one real vector per problem (complex leaves as
+    real/imaginary pairs), so any pytree state works.
+
+    Args:
+        f: ``f(z, *args) -> z`` on pytrees (same structure and shapes).
+        z0: initial state.
+        *args: passed to ``f`` unchanged.
+        history_size: ``m``, number of past steps mixed (``1`` is damped plain iteration).
+        beta: damping ``β > 0`` of the mixed step (``1`` = undamped).
+        ridge: relative Tikhonov weight ``≥ 0`` (see above).
+        maxiter: cap on evaluations of ``f``.
+        tol, stop_mode, batched, check_every: as :func:`fixed_point_iteration`.
+
+    Returns:
+        ``(z, FixedPointInfo)``; ``z`` is ``f`` of the last checked iterate.
+
+    Example:
+        >>> import torch
+        >>> z, info = anderson(torch.cos, torch.tensor(1.0, dtype=torch.float64), tol=1e-10)
+        >>> round(float(z), 6), int(info.num_iter) < 15
+        (0.739085, True)
+
+    References:
+        Anderson, "Iterative procedures for nonlinear integral equations", J. ACM 12(4), 1965.
+        Walker & Ni, SIAM J. Numer. Anal. 49(4), 2011.
+    """
+    name = "anderson"
+    fmap = _Map(name, f, z0, args)
+    if stop_mode not in _STOP_MODES:
+        raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
+    _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
+    _check_anderson(name, history_size, beta, ridge)
+    _check_finite(name, "z0", fmap.leaves0)
+    return _anderson(fmap, list(fmap.leaves0), maxiter, _stop_rule(stop_mode, tol, batched),
+                     batched, check_every, history_size, beta, ridge)
+
+
+# =========================================================================== linear solvers
+def _linear_setup(
+    name: str,
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    init: PyTree | None,
+    ridge: float | torch.Tensor | None,
+    rtol: float,
+    atol: float,
+    maxiter: int,
+    batched: bool,
+    check_every: int | None,
+):
+    if not callable(matvec):
+        raise TypeError(f"{name}: matvec must be callable x -> A x, got {type(matvec).__name__}.")
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"{name}: rtol and atol must be >= 0, got rtol={rtol}, atol={atol}.")
+    b_leaves, spec = tree.flatten(b)
+    _check_common(name, b_leaves, maxiter, 0.0, batched, check_every)
+    if init is None:
+        x0 = list(b_leaves)  # one free Richardson step from zero: x₁ = b
+    else:
+        x0, init_spec = tree.flatten(init)
+        if init_spec != spec or any(a.shape != c.shape for a, c in zip(x0, b_leaves)):
+            raise ValueError(f"{name}: init must have the structure and shapes of b.")
+    _check_finite(name, "b (or init)", b_leaves + x0)
+    single = isinstance(b, torch.Tensor)
+
+    def richardson(x: PyTree) -> PyTree:
+        """``x + b − (A + ρI) x``: its fixed point solves the linear system."""
+        ax = matvec(x)
+        if single and isinstance(ax, torch.Tensor) and ax.shape == b.shape:
+            return (x - ax if ridge is None else x - ax - ridge * x) + b
+        ax_leaves, ax_spec = tree.flatten(ax)
+        if ax_spec != spec or any(a.shape != c.shape for a, c in zip(ax_leaves, b_leaves)):
+            raise ValueError(
+                f"{name}: matvec must return a pytree with the structure and shapes of b; got "
+                f"{ax_spec} for b {spec}."
+            )
+        x_leaves = tree.leaves(x)
+        if ridge is not None:
+            ax_leaves = [a + ridge * v for a, v in zip(ax_leaves, x_leaves)]
+        out = [v + bb - a for v, bb, a in zip(x_leaves, b_leaves, ax_leaves)]
+        return tree.unflatten(spec, out)
+
+    thresh = torch.clamp(_norm(b_leaves, batched) * rtol, min=atol)
+
+    def stop(res: torch.Tensor, _: list[torch.Tensor]):
+        return res, thresh
+
+    return _Map(name, richardson, tree.unflatten(spec, x0), ()), stop, check_every, thresh
+
+
+def _linear_finish(
+    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor,
+    warn: bool | None, return_info: bool,
+):
+    if warn if warn is not None else not return_info:
+        _warn_unconverged(name, info, thresh)
+    x = z
+    if return_info:
+        return x, SolveInfo(info.num_iter, info.residual, info.converged)
+    return x
+
+
+def _warn_unconverged(
+    name: str, info: FixedPointInfo, tol: float | torch.Tensor, stacklevel: int = 4
+) -> None:
+    """Warn (:class:`ConvergenceWarning`) with the worst residual when a solve did not
+    converge; says "diverged" when the residual is not finite or grew more than tenfold."""
+    if not _host_any(~info.converged):
+        return
+    worst = _host_max(info.residual.masked_fill(info.converged, 0))
+    first = _host_max(info.trace[0])
+    tol_v = _host_max(tol) if isinstance(tol, torch.Tensor) else tol
+    if worst is None or first is None or tol_v is None:
+        return
+    if not math.isfinite(worst) or worst > 10 * first:
+        what = f"diverged (residual {worst:.3e}, from {first:.3e})"
+    else:
+        steps = _host_max(info.num_iter)
+        what = (f"did not converge in {steps:.0f} iterations (residual {worst:.3e} > "
+                f"tol {tol_v:.3e})")
+    warnings.warn(
+        f"{name}: {what}. The map may not be contractive (spectral radius of ∂f/∂z ≥ 1); "
+        "raise the iteration cap, use Anderson acceleration, or regularise the model.",
+        ConvergenceWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _host_max(t: torch.Tensor) -> float | None:
+    """``float(t.max())`` on the host; inside ``vmap`` asks the whole underlying batch."""
+    t = t.detach()
+    funct = torch._C._functorch
+    try:
+        return float(t.max())
+    except RuntimeError:
+        while funct.is_functorch_wrapped_tensor(t):
+            t = funct.get_unwrapped(t)
+        try:
+            return float(t.max())
+        except RuntimeError:
+            return None
+
+
+def solve_fixed_point(
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    ridge: float | torch.Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int = 50,
+    batched: bool = False,
+    return_info: bool = False,
+    check_every: int | None = None,
+    warn: bool | None = None,
+) -> PyTree:
+    r"""Richardson (fixed-point) iteration for a linear system :math:`(A + \rho I)x = b`.
+
+    Iterates :math:`x \leftarrow x + b - (A + \rho I) x`, which converges when the spectral
+    radius of :math:`I - A - \rho I` is below 1. For a DEQ backward, ``A = I − Jᵀ`` with
+    ``J = ∂f/∂z*``, so this is :math:`v \leftarrow J^\top v + b`, the fixed-point iteration of
+    the adjoint equation. Starts from ``init`` (default ``b``, i.e. one free step from zero).
+    Signature and options as :mod:`unroll.linear_solve`; use it as a ``solve=`` argument.
+
+    Args:
+        matvec: ``x ↦ A x`` on pytrees shaped like ``b``.
+        b: right-hand side pytree.
+        init: initial guess (default ``b``).
+        ridge: ``ρ`` added to the diagonal.
+        rtol, atol: stop when ``‖b − (A+ρI)x‖ ≤ max(rtol·‖b‖, atol)``.
+        maxiter: cap on matvecs.
+        batched: the leading dimension of every leaf is a batch of independent systems.
+        return_info: also return :class:`unroll.linear_solve.SolveInfo`.
+        check_every: iterations between host convergence checks (default adaptive).
+        warn: emit a :class:`~unroll.linear_solve.ConvergenceWarning` with the residual when
+            not converged (default: unless ``return_info``, whose caller checks the info, as
+            :func:`unroll.implicit.root_vjp` does).
+
+    Returns:
+        ``x``, or ``(x, SolveInfo)``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, -0.5], [0.2, 1.0]], dtype=torch.float64)
+        >>> x = solve_fixed_point(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12,
+        ...                       maxiter=200)
+        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
+        True
+
+    References:
+        Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., §4.1 (Richardson).
+    """
+    name = "solve_fixed_point"
+    fmap, stop, every, thresh = _linear_setup(
+        name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
+    )
+    z, info = _iterate(fmap, maxiter, stop, batched, every)
+    return _linear_finish(name, z, info, thresh, warn, return_info)
+
+
+def solve_anderson(
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    ridge: float | torch.Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int = 50,
+    batched: bool = False,
+    return_info: bool = False,
+    check_every: int | None = None,
+    warn: bool | None = None,
+    history_size: int = 5,
+    beta: float = 1.0,
+    anderson_ridge: float = 1e-4,
+) -> PyTree:
+    r"""Anderson-accelerated Richardson iteration for :math:`(A + \rho I)x = b`.
+
+    :func:`anderson` applied to the map :math:`x \mapsto x + b - (A + \rho I)x`; for a DEQ
+    backward (``A = I − Jᵀ``) this accelerates :math:`v \leftarrow J^\top v + b`. On a linear
+    map Anderson acceleration is equivalent to GMRES (Walker & Ni 2011) with a window of
+    ``history_size`` steps.
+
+    Args:
+        matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info, check_every, warn:
+            as :func:`solve_fixed_point`.
+        history_size: Anderson window ``m``.
+        beta: Anderson damping.
+        anderson_ridge: relative Tikhonov weight of the mixing problem (``ridge`` of
+            :func:`anderson`; ``ridge`` here is the linear system's diagonal shift).
+
+    Returns:
+        ``x``, or ``(x, SolveInfo)``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, -0.9], [0.9, 1.0]], dtype=torch.float64)
+        >>> x = solve_anderson(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12)
+        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
+        True
+
+    References:
+        Walker & Ni, "Anderson acceleration for fixed-point iterations", 2011.
+    """
+    name = "solve_anderson"
+    _check_anderson(name, history_size, beta, anderson_ridge)
+    fmap, stop, every, thresh = _linear_setup(
+        name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
+    )
+    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, every, history_size,
+                        beta, anderson_ridge)
+    return _linear_finish(name, z, info, thresh, warn, return_info)
