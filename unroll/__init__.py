@@ -7,15 +7,18 @@ an O(1)-memory least-squares proximal step, all pure functions over pytrees that
 """
 
 from unroll import (
+    algorithms,
     data,
     equilibrium,
     fixed_point,
     linear_solve,
     metrics,
     models,
+    optim,
     optimizers,
     physics,
     tree,
+    unfolded,
 )
 from unroll._implicit_module import ImplicitModule
 from unroll.equilibrium import DEQ, DEQConfig, deq
@@ -28,6 +31,7 @@ __all__ = [
     "DEQ",
     "DEQConfig",
     "FixedPointInfo",
+    "algorithms",
     "anderson",
     "deq",
     "equilibrium",
@@ -40,9 +44,11 @@ __all__ = [
     "linear_solve",
     "metrics",
     "models",
+    "optim",
     "optimizers",
     "physics",
     "root_jvp",
     "root_vjp",
     "tree",
+    "unfolded",
 ]

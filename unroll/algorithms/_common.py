@@ -1,0 +1,60 @@
+"""Shared helpers for the algorithm factories (validation, parameter reads, prior calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unroll.algorithms.base import PRIOR_KEY, get
+
+
+def check_components(name: str, data_fidelity: Any, prior: Any, needs: tuple[str, ...]) -> None:
+    """Raise a TypeError naming ``unroll.algorithms.<name>`` when a needed method is missing."""
+    for obj, label, methods in (
+        (data_fidelity, "data_fidelity", [m for m in needs if m.startswith("f.")]),
+        (prior, "prior", [m for m in needs if m.startswith("g.")]),
+    ):
+        for method in methods:
+            attr = method[2:]
+            fn = getattr(obj, attr, None)
+            if not callable(fn) or getattr(fn, "unsupported", False):
+                raise TypeError(
+                    f"unroll.algorithms.{name}: {label} must provide .{attr}(...); got "
+                    f"{type(obj).__name__}. Use unroll.optim.L2/L1 and unroll.optim priors."
+                )
+
+
+def stepsize(p: dict) -> Any:
+    """``params['stepsize']`` (required)."""
+    return get(p, "stepsize")
+
+
+def lambda_reg(p: dict) -> Any:
+    """``params['lambda_reg']``, default 1."""
+    return get(p, "lambda_reg", 1.0)
+
+
+def beta(p: dict) -> Any:
+    """``params['beta']``, default 1 (no relaxation)."""
+    return get(p, "beta", 1.0)
+
+
+def sigma(p: dict) -> Any:
+    """``params['sigma_denoiser']`` (alias ``g_param``), None when absent."""
+    return p.get("sigma_denoiser", p.get("g_param"))
+
+
+def prior_prox(prior: Any, x: torch.Tensor, gamma: Any, p: dict) -> torch.Tensor:
+    """``prox_{γ g}(x)`` with the prior's noise level and weights from ``p``."""
+    return prior.prox(x, gamma, sigma=sigma(p), weights=p.get(PRIOR_KEY))
+
+
+def prior_grad(prior: Any, x: torch.Tensor, p: dict) -> torch.Tensor:
+    """``∇g(x)`` with the prior's noise level and weights from ``p``."""
+    return prior.grad(x, sigma=sigma(p), weights=p.get(PRIOR_KEY))
+
+
+def default_init(y: torch.Tensor, physics: Any) -> torch.Tensor:
+    """``x₀ = Aᵀ y`` (the adjoint back-projection)."""
+    return physics.A_adjoint(y)

@@ -1,0 +1,59 @@
+"""ADMM (scaled form, with over-relaxation)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from unroll.algorithms import _common as c
+from unroll.algorithms.base import Algorithm
+
+
+class ADMMState(NamedTuple):
+    """State of :func:`admm`: data variable ``x``, prior variable ``z``, scaled dual ``u``."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    u: torch.Tensor
+
+
+def admm(data_fidelity: Any, prior: Any) -> Algorithm:
+    """ADMM for ``min f(x) + λ g(z)`` s.t. ``x = z`` (scaled dual ``u``, relaxation ``β``).
+
+    .. math::
+
+        x_{k+1} = \\operatorname{prox}_{γf}(z_k − u_k),\\quad
+        \\hat x = β x_{k+1} + (1 − β) z_k,\\quad
+        z_{k+1} = \\operatorname{prox}_{γλg}(\\hat x + u_k),\\quad
+        u_{k+1} = u_k + \\hat x − z_{k+1}
+
+    Converges to ``argmin f + λg`` for convex terms, any ``γ > 0`` and ``β ∈ (0, 2)``. The
+    output is the prior variable ``z``. Initialised at ``x₀ = z₀ = Aᵀy``, ``u₀ = 0``.
+
+    Args:
+        data_fidelity: ``f`` with ``.prox``.
+        prior: ``g`` with ``.prox``.
+
+    Returns:
+        :class:`Algorithm` over :class:`ADMMState`; params: ``stepsize``, ``lambda_reg``,
+        ``beta``, ``sigma_denoiser``, ``prior``.
+
+    References:
+        Boyd et al., "Distributed optimization and statistical learning via the alternating
+        direction method of multipliers", 2011, §3.1 and §3.4.3.
+    """
+    c.check_components("admm", data_fidelity, prior, ("f.prox", "g.prox"))
+
+    def init(y, physics, params):
+        x = c.default_init(y, physics)
+        return ADMMState(x, x, torch.zeros_like(x))
+
+    def step(state, y, physics, p):
+        gamma, b = c.stepsize(p), c.beta(p)
+        x = data_fidelity.prox(state.z - state.u, y, physics, gamma)
+        x_hat = b * x + (1 - b) * state.z
+        z = c.prior_prox(prior, x_hat + state.u, gamma * c.lambda_reg(p), p)
+        return ADMMState(x, z, state.u + x_hat - z)
+
+    return Algorithm(init, step, lambda s: s.z)

@@ -1,0 +1,49 @@
+"""Gradient descent on ``f(x) + λ g(x)``."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from unroll.algorithms import _common as c
+from unroll.algorithms.base import Algorithm
+
+
+class GDState(NamedTuple):
+    """State of :func:`gd`: the iterate ``x``."""
+
+    x: torch.Tensor
+
+
+def gd(data_fidelity: Any, prior: Any) -> Algorithm:
+    """Gradient descent: ``x_{k+1} = x_k − γ_k (∇f(x_k) + λ_k ∇g(x_k))``.
+
+    Needs ``data_fidelity.grad`` and ``prior.grad`` (e.g. :class:`unroll.optim.RED`,
+    :class:`unroll.optim.Tikhonov`). Converges for convex ``f + λg`` with ``L``-Lipschitz
+    gradient when ``γ < 2/L``. Initialised at ``x₀ = Aᵀ y``.
+
+    Args:
+        data_fidelity: ``f`` (:class:`unroll.optim.L2`, ...).
+        prior: ``g`` with a gradient.
+
+    Returns:
+        :class:`Algorithm` over :class:`GDState`; params: ``stepsize``, ``lambda_reg``,
+        ``sigma_denoiser`` / ``prior`` for learned priors.
+
+    Example:
+        >>> alg = gd(L2(), Tikhonov())
+        >>> x, info = unroll.algorithms.run(alg, y, physics, {"stepsize": 0.5}, 200)
+    """
+    c.check_components("gd", data_fidelity, prior, ("f.grad", "g.grad"))
+
+    def init(y, physics, params):
+        return GDState(c.default_init(y, physics))
+
+    def step(state, y, physics, p):
+        g = data_fidelity.grad(state.x, y, physics) + c.lambda_reg(p) * c.prior_grad(
+            prior, state.x, p
+        )
+        return GDState(state.x - c.stepsize(p) * g)
+
+    return Algorithm(init, step, lambda s: s.x)
