@@ -25,13 +25,6 @@ BACKWARDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tanh_layer(d: int, rho: float, batch: int = 32, seed: int = 0):
     """``z = tanh(W z + U x + b)`` with ``W`` scaled to spectral radius ``rho``."""

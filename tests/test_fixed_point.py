@@ -23,13 +23,6 @@ DT = torch.float64
 SOLVERS = [fixed_point_iteration, anderson]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tanh_layer(d: int, rho: float, batch: int = 32, seed: int = 0, dtype=DT):
     """``z = tanh(W z + U x + b)`` with ``W`` scaled to spectral radius ``rho``."""

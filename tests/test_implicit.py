@@ -19,13 +19,6 @@ SOLVERS = [ls.solve_cg, ls.solve_normal_cg, ls.solve_bicgstab, ls.solve_gmres, l
            ls.solve_cholesky, ls.solve_lu]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def data(n=30, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -20,13 +20,6 @@ GENERAL = [ls.solve_normal_cg, ls.solve_bicgstab, ls.solve_gmres, ls.solve_inv, 
 TIGHT = {"rtol": 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def spd(n: int, seed: int = 0, cond: float = 10.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
