@@ -35,7 +35,8 @@ References:
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -310,6 +311,33 @@ class _Loop:
         return k
 
 
+class _Start(NamedTuple):
+    """What every Krylov solver starts from."""
+
+    op: _Operator
+    x: list[torch.Tensor]
+    r: list[torch.Tensor]
+    dots: _Dots
+    loop: _Loop
+    thresh_sq: torch.Tensor
+
+
+def _start(name: str, matvec: MatVec, b: PyTree, init: PyTree | None, ridge: Any, rtol: float,
+           atol: float, maxiter: int | None, batched: bool, check_every: int | None,
+           real_only: bool, options: dict[str, Any]) -> _Start:
+    """Validate, then build the operator, initial iterate and residual, and the loop driver."""
+    op, x, maxiter = _setup(
+        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
+        batched=batched, real_only=real_only, options=options,
+    )
+    dots = _Dots(batched)
+    bl = op.b_leaves
+    _check_finite(name, bl + x)
+    r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
+    return _Start(op, x, r, dots, _Loop(bl[0], maxiter, check_every),
+                  _threshold_sq(dots, bl, rtol, atol))
+
+
 def _info(
     num_iter: torch.Tensor | int, res_sq: torch.Tensor, thresh_sq: torch.Tensor
 ) -> SolveInfo:
@@ -395,19 +423,11 @@ def _cg(
     check_every: int | None,
     options: dict[str, Any],
 ) -> PyTree:
-    op, x, maxiter = _setup(
-        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
-        batched=batched, real_only=False, options=options,
-    )
-    dots = _Dots(batched)
-    bl = op.b_leaves
-    loop = _Loop(bl[0], maxiter, check_every)
-    _check_finite(name, bl + x)
-    thresh_sq = _threshold_sq(dots, bl, rtol, atol)
+    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
+                                             batched, check_every, False, options)
     # Systems are frozen by masks unless one system is checked on the host every iteration.
     masked = batched or loop.check_every > 1 or _in_vmap()
     tiny = torch.finfo(thresh_sq.dtype).tiny
-    r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
     rs = dots.sq(r)
     s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq,
          "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
@@ -546,16 +566,8 @@ def solve_bicgstab(
         Sci. Stat. Comput. 13(2), 1992.
     """
     name = "solve_bicgstab"
-    op, x, maxiter = _setup(
-        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
-        batched=batched, real_only=True, options=options,
-    )
-    dots = _Dots(batched)
-    bl = op.b_leaves
-    loop = _Loop(bl[0], maxiter, check_every)
-    _check_finite(name, bl + x)
-    thresh_sq = _threshold_sq(dots, bl, rtol, atol)
-    r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
+    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
+                                             batched, check_every, True, options)
     r_hat = r
     rs = dots.sq(r)
     one = torch.ones_like(rs)
@@ -641,18 +653,12 @@ def solve_gmres(
         nonsymmetric linear systems", SIAM J. Sci. Stat. Comput. 7(3), 1986.
     """
     name = "solve_gmres"
-    op, x, maxiter = _setup(
-        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
-        batched=batched, real_only=True, options=options,
-    )
-    if not isinstance(restart, int) or restart <= 0:
+    if not isinstance(restart, int) or isinstance(restart, bool) or restart <= 0:
         raise ValueError(f"{name}: restart must be a positive int, got {restart!r}.")
-    dots = _Dots(batched)
+    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
+                                             batched, 1, True, options)
+    maxiter = loop.maxiter
     bl = op.b_leaves
-    loop = _Loop(bl[0], maxiter, 1)
-    _check_finite(name, bl + x)
-    thresh_sq = _threshold_sq(dots, bl, rtol, atol)
-    r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
     rs = dots.sq(r)
     state = {"x": x, "r": r, "rs": rs, "active": rs > thresh_sq}
     count = torch.zeros_like(rs, dtype=torch.long) if return_info else None
