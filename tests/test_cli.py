@@ -102,3 +102,18 @@ def test_ddp_two_processes_keep_parameters_identical(tmp_path):
         assert torch.equal(s0[key], s1[key]), key
     # training moved the learnable step size away from its initial value 1.0 on both ranks
     assert not torch.equal(s0["hyper.stepsize"], torch.ones_like(s0["hyper.stepsize"]))
+
+
+def test_bench_collects_ratios_into_a_markdown_table(tmp_path, capsys):
+    scripts = tmp_path / "benchmarks"
+    scripts.mkdir()
+    (scripts / "fake.py").write_text(
+        "import json\nprint('noise')\n"
+        "print(json.dumps({'a': {'ratio_x_over_y': 0.25, 'ms': 3.0}, 'speedup_z': 8.0}))\n")
+    (scripts / "broken.py").write_text("raise SystemExit('boom')\n")
+    assert main(["bench", "--benchmarks", str(scripts), "--out", str(tmp_path / "o")]) == 0
+    table = (tmp_path / "o" / "bench.md").read_text().splitlines()
+    assert "| fake | a.ratio_x_over_y | 0.25 |" in table
+    assert "| fake | speedup_z | 8 |" in table
+    assert not any("ms" in row for row in table)
+    assert any(row.startswith("| broken | failed") for row in table)

@@ -111,7 +111,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"running {script.name} ...", flush=True)
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
         if proc.returncode != 0:
-            rows.append((script.stem, "failed", proc.stderr.strip().splitlines()[-1:] or [""]))
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append((script.stem, "failed", last.replace("|", "/")))
             continue
         record = next((json.loads(line) for line in proc.stdout.splitlines()
                        if line.startswith("{")), {})
