@@ -331,3 +331,15 @@ def test_forward_mode_jvp():
     fwd = torch.func.jacfwd(lambda g: _loss(physics.prox_l2(z, y, g)))(gamma)
     rev = torch.func.grad(lambda g: _loss(physics.prox_l2(z, y, g)))(gamma)
     assert rel(fwd, rev) < 1e-8
+
+
+def test_fixed_iteration_count_does_not_warn():
+    # tol=0 asks for exactly max_iter CG iterations: no tolerance, so no ConvergenceWarning.
+    from unroll import physics as P
+
+    ph = P.Blur(P.gaussian_blur(2.5), padding="valid", max_iter=25, tol=0.0)
+    z = torch.rand(1, 1, 32, 32, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ph.prox_l2(z, ph.A(torch.rand(1, 1, 32, 32)), 1.0).sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()

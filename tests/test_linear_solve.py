@@ -210,6 +210,8 @@ def test_zero_tolerances_run_maxiter_iterations():
 
     _, info = ls.solve_cg(mv, rand(30), rtol=0.0, atol=0.0, maxiter=17, return_info=True)
     assert len(calls) == 17 and int(info.num_iter) == 17
+    assert bool(info.converged)  # no tolerance to miss: a fixed iteration count was asked for
+    assert float(info.residual_norm) > 0
 
 
 def test_info_reports_residual_and_convergence():

@@ -69,7 +69,8 @@ class SolveInfo(NamedTuple):
     Attributes:
         num_iter: iterations each system used until it converged (or the cap).
         residual_norm: ``‖b − (A+ρI)x‖`` at return (the recursive residual for CG/BiCGStab).
-        converged: whether ``residual_norm ≤ max(rtol·‖b‖, atol)``.
+        converged: whether ``residual_norm ≤ max(rtol·‖b‖, atol)``; always True with
+            ``rtol = atol = 0`` (a fixed number of iterations was asked for, no tolerance).
     """
 
     num_iter: torch.Tensor
@@ -339,11 +340,14 @@ def _start(name: str, matvec: MatVec, b: PyTree, init: PyTree | None, ridge: Any
 
 
 def _info(
-    num_iter: torch.Tensor | int, res_sq: torch.Tensor, thresh_sq: torch.Tensor
+    num_iter: torch.Tensor | int, res_sq: torch.Tensor, thresh_sq: torch.Tensor, fixed: bool
 ) -> SolveInfo:
+    """``fixed``: ``rtol = atol = 0`` asked for a fixed number of iterations, so there is no
+    tolerance to miss and ``converged`` is True (the residual is still reported)."""
     if not isinstance(num_iter, torch.Tensor):
         num_iter = torch.full_like(res_sq, num_iter, dtype=torch.long)
-    return SolveInfo(num_iter, res_sq.sqrt(), res_sq <= thresh_sq)
+    converged = torch.ones_like(res_sq, dtype=torch.bool) if fixed else res_sq <= thresh_sq
+    return SolveInfo(num_iter, res_sq.sqrt(), converged)
 
 
 def _threshold_sq(dots: _Dots, b: list[torch.Tensor], rtol: float, atol: float):
@@ -450,7 +454,8 @@ def _cg(
         return s["active"]
 
     k = loop.run(step, s["active"])
-    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq)
+    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq,
+                 rtol == atol == 0)
     return _finish(op.spec, s["x"], return_info, info)
 
 
@@ -607,7 +612,7 @@ def solve_bicgstab(
         return s["active"]
 
     k = loop.run(step, s["active"])
-    info = _info(count if count is not None else k, s["rs"], thresh_sq)
+    info = _info(count if count is not None else k, s["rs"], thresh_sq, rtol == atol == 0)
     return _finish(op.spec, s["x"], return_info, info)
 
 
@@ -681,7 +686,8 @@ def solve_gmres(
 
     loop.maxiter = -(-maxiter // restart)
     k = loop.run(cycle, state["active"])
-    info = _info(count if count is not None else min(k * restart, maxiter), state["rs"], thresh_sq)
+    info = _info(count if count is not None else min(k * restart, maxiter), state["rs"],
+                 thresh_sq, rtol == atol == 0)
     return _finish(op.spec, state["x"], return_info, info)
 
 
@@ -794,7 +800,8 @@ def _dense(
     dots = _Dots(batched)
     res = [bb - ax for bb, ax in zip(op.b_leaves, op(x))]
     res_sq = dots.sq(res)
-    return _finish(op.spec, x, True, _info(1, res_sq, _threshold_sq(dots, op.b_leaves, rtol, atol)))
+    thresh_sq = _threshold_sq(dots, op.b_leaves, rtol, atol)
+    return _finish(op.spec, x, True, _info(1, res_sq, thresh_sq, rtol == atol == 0))
 
 
 def _make_dense(
