@@ -368,3 +368,44 @@ def test_custom_fixed_point_with_fixed_point_backward_solvers(solve_name):
                           argnums=(0, 1))(M, a)
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-9, atol=1e-11)
+
+
+def test_nested_implicit_layers_compose_with_torch_func():
+    # Outer fixed point z = ½ inner(z, a) + λ with inner(b, a) = argmin ½ a x² − b x = b / a:
+    # z* = λ / (1 − 1/(2a)); the inner rule runs inside the outer backward's linear solve
+    # (a DEQ whose step calls a CG prox has this shape).
+    def f_in(x, b, a):
+        return a * x - b
+
+    @custom_root(f_in, argnums=(1, 2), solve=functools.partial(ls.solve_cg, **TIGHT))
+    def inner(x0, b, a):
+        return b / a
+
+    def T(z, lam, a):
+        return 0.5 * inner(None, z, a) + lam
+
+    @custom_fixed_point(T, argnums=(1, 2), solve=functools.partial(ls.solve_gmres, **TIGHT))
+    def outer(z0, lam, a):
+        z = z0
+        for _ in range(200):
+            z = T(z, lam, a)
+        return z
+
+    def closed(lam, a):
+        return lam / (1 - 0.5 / a)
+
+    lam, a = torch.tensor(0.3, dtype=DT), torch.tensor(2.0, dtype=DT)
+    z0 = torch.zeros((), dtype=DT)
+    f = lambda lam, a: outer(z0, lam, a)  # noqa: E731
+    ref = torch.func.grad(closed, argnums=(0, 1))(lam, a)
+    for got in (torch.func.grad(f, argnums=(0, 1))(lam, a),
+                torch.func.jacrev(f, argnums=(0, 1))(lam, a)):
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-12)
+    lams = torch.tensor([0.3, 0.5, 0.9], dtype=DT)
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(f), in_dims=(0, None))(lams, a),
+                               torch.func.vmap(torch.func.grad(closed), in_dims=(0, None))(lams, a))
+    lr, ar = lam.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    f(lr, ar).backward()
+    torch.testing.assert_close(lr.grad, ref[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ar.grad, ref[1], rtol=1e-10, atol=1e-12)

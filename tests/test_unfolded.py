@@ -286,3 +286,29 @@ def test_unfolded_is_a_module_with_unfold_false_classical_run():
     m = physics.matrix
     ref = torch.linalg.solve(m.T @ m + 0.5 * torch.eye(16, dtype=DT), (y @ m).T).T
     torch.testing.assert_close(x.reshape(2, -1), ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["HQS", "ADMM", "DRS"])
+def test_deq_with_cg_prox_under_torch_func_grad(name):
+    # The step calls Blur's CG prox, itself an implicit layer: torch.func.grad of the pure
+    # form must equal .backward() (the nested implicit rules run inside each other).
+    from unroll import physics as P
+
+    torch.manual_seed(3)
+    ph = P.Blur(torch.rand(3, 3, dtype=torch.float64) / 4, padding="valid", tol=1e-11,
+                max_iter=300)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    y = ph.A(x)
+    params = {"stepsize": 1.0, "lambda_reg": 0.5}
+    if name != "HQS":
+        params["beta"] = 1.0
+    model = unfolded_builder(name, params_algo=params, prior=Tikhonov(),
+                             trainable_params=["stepsize", "lambda_reg"],
+                             DEQ=DEQConfig(max_iter=500, tol=1e-11, tol_backward=1e-11,
+                                           max_iter_backward=500)).double()
+    ((model(y, ph) - x) ** 2).sum().backward()
+    ref = {n: p.grad for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    got = torch.func.grad(lambda p: ((model.apply(p, y, ph) - x) ** 2).sum())(params)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-8, atol=1e-10)

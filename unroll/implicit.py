@@ -265,21 +265,32 @@ def _fill_none(arg: PyTree, tan: PyTree) -> list[Any]:
 
 # =========================================================================== custom_root
 class _Plan:
-    """Everything the autograd rule needs besides tensors (a non-tensor Function input)."""
+    """Everything the autograd rule needs besides tensors (a non-tensor Function input).
 
-    def __init__(self, api, optimality_fn, solve, sol_spec, n_sol, rebuild_args, n_args):
-        self.api = api
+    ``rest`` are the solver's arguments after ``init_params``; those at positions ``nums``
+    are rebuilt from their differentiable tensor leaves by ``rebuild_diff``.
+    """
+
+    def __init__(self, optimality_fn, solve, sol_spec, n_sol, rest, nums, rebuild_diff):
         self.optimality_fn = optimality_fn
         self.solve = solve
         self.sol_spec = sol_spec
         self.n_sol = n_sol
-        self.rebuild_args = rebuild_args  # tensor leaves of the diff args -> full args tuple
-        self.n_args = n_args
+        self.rest = tuple(rest)
+        self.nums = nums
+        self.rebuild_diff = rebuild_diff
 
-    def fn(self, sol_leaves: Sequence[torch.Tensor], arg_tensors: Sequence[torch.Tensor]):
+    def fn(self, sol_leaves, arg_tensors, rest=None):
         """``F`` as a function of flat solution leaves and the differentiable arg tensors."""
-        sol = tree.unflatten(self.sol_spec, list(sol_leaves))
-        return self.optimality_fn(sol, *self.rebuild_args(arg_tensors))
+        args = list(self.rest if rest is None else rest)
+        for i, value in zip(self.nums, self.rebuild_diff(arg_tensors)):
+            args[i - 1] = value
+        return self.optimality_fn(tree.unflatten(self.sol_spec, list(sol_leaves)), *args)
+
+    def _bound(self):
+        """``F(x, *arg_tensors)`` with the constant arguments unwrapped if their level died."""
+        rest = tree.map(lambda t: _alive([t])[0], self.rest)
+        return lambda x, *t: self.fn(tree.leaves(x), t, rest)
 
     def vjp(self, sol_leaves, arg_tensors, cotangents):
         cot = tree.unflatten(
@@ -287,17 +298,12 @@ class _Plan:
             [torch.zeros_like(s) if c is None else c for s, c in zip(sol_leaves, cotangents)],
         )
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
-        grads = root_vjp(
-            lambda x, *t: self.fn(tree.leaves(x), t), sol, tuple(arg_tensors), cot, self.solve
-        )
-        return list(grads)
+        return list(root_vjp(self._bound(), sol, tuple(arg_tensors), cot, self.solve))
 
     def jvp(self, sol_leaves, arg_tensors, tangents):
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
         tan = tuple(torch.zeros_like(a) if t is None else t for a, t in zip(arg_tensors, tangents))
-        out = root_jvp(
-            lambda x, *t: self.fn(tree.leaves(x), t), sol, tuple(arg_tensors), tan, self.solve
-        )
+        out = root_jvp(self._bound(), sol, tuple(arg_tensors), tan, self.solve)
         return tree.leaves(out)
 
 
@@ -325,7 +331,7 @@ class _ImplicitIdentity(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         plan = ctx.plan
-        saved = ctx.saved_tensors
+        saved = _alive(ctx.saved_tensors)
         sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
         arg_grads = plan.vjp(sol, arg_tensors, grads) if arg_tensors else []
         return (None, *([None] * plan.n_sol), *arg_grads)
@@ -333,9 +339,20 @@ class _ImplicitIdentity(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, _plan_tangent, *tangents):
         plan = ctx.plan
-        saved = ctx.saved_tensors
+        saved = _alive(ctx.saved_tensors)
         sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
         return tuple(plan.jvp(sol, arg_tensors, tangents[plan.n_sol:]))
+
+
+def _alive(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Unwrap tensors whose ``torch.func`` level has exited.
+
+    When this rule runs inside another implicit backward (a DEQ whose step calls a CG prox),
+    it is reached through a ``torch.func.vjp`` function called after its level exited; the
+    saved tensors are then dead wrappers of that level, which must not meet new levels.
+    """
+    unwrap = torch._C._functorch.unwrap_if_dead
+    return [unwrap(t) if isinstance(t, torch.Tensor) else t for t in tensors]
 
 
 def _normalize_argnums(api: str, argnums: int | Sequence[int]) -> tuple[int, ...]:
@@ -374,7 +391,7 @@ def _bind(api: str, optimality_fn: Callable, solver: Callable, args: tuple, kwar
     )
 
 
-def _closure_check(api: str, plan: _Plan, sol_leaves, arg_tensors, args_all) -> None:
+def _closure_check(api: str, plan: _Plan, sol_leaves, args_all) -> None:
     """Reject optimality functions that depend on a tensor requiring grad that they close over
     (its gradient would silently be lost)."""
     if not torch.is_grad_enabled():
@@ -531,15 +548,9 @@ def _decorator(api, optimality_fn, argnums, has_aux, solve):
             diff_args = [full[i] for i in nums]
             tensors, rebuild_diff, _ = _split_tensors(diff_args)
 
-            def rebuild_args(arg_tensors):
-                new = list(full[1:])
-                for i, value in zip(nums, rebuild_diff(arg_tensors)):
-                    new[i - 1] = value
-                return tuple(new)
-
-            plan = _Plan(api, optimality_fn, solve, sol_spec, len(sol_leaves), rebuild_args,
-                         len(full) - 1)
-            _closure_check(api, plan, sol_leaves, tensors, full[1:])
+            plan = _Plan(optimality_fn, solve, sol_spec, len(sol_leaves), full[1:], nums,
+                         rebuild_diff)
+            _closure_check(api, plan, sol_leaves, full[1:])
             out = _ImplicitIdentity.apply(plan, *sol_leaves, *tensors)
             sol = tree.unflatten(sol_spec, list(out))
             return (sol, aux) if has_aux else sol
