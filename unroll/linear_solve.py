@@ -241,36 +241,51 @@ def _setup(
 
 # =========================================================================== inner products
 class _Dots:
-    """Inner products: one number per problem (0-dim), or per sample ``(B,)`` when batched."""
+    """Inner products: one number per problem (0-dim), or per sample ``(B,)`` when batched.
 
-    def __init__(self, batched: bool) -> None:
+    Written for a low per-iteration overhead: a single real leaf (the common case) takes
+    one tensor op per call and no Python loops.
+    """
+
+    def __init__(self, batched: bool, leaves: list[torch.Tensor]) -> None:
         self.batched = batched
+        self.complex = any(t.is_complex() for t in leaves)
+        self.single = len(leaves) == 1
 
     def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-        """⟨a, b⟩ = Σ conj(a)·b (complex for complex leaves; take ``.real`` where needed)."""
-        if self.batched:
-            terms = [torch.linalg.vecdot(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
-                     for x, y in zip(a, b)]
-        else:
-            terms = [torch.linalg.vecdot(x, y) if x.dim() == 1 else
-                     torch.linalg.vecdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
+        """⟨a, b⟩ = Σ conj(a)·b (complex for complex leaves; see :meth:`rdot`)."""
+        if self.single:
+            return self._dot1(a[0], b[0])
+        total = self._dot1(a[0], b[0])
+        for x, y in zip(a[1:], b[1:]):
+            total = total + self._dot1(x, y)
         return total
 
+    def _dot1(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.batched:
+            return torch.linalg.vecdot(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
+        if x.dim() != 1:
+            x, y = x.reshape(-1), y.reshape(-1)
+        return torch.linalg.vecdot(x, y)
+
+    def rdot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        """Real part of ⟨a, b⟩."""
+        return self.dot(a, b).real if self.complex else self.dot(a, b)
+
     def sq(self, a: list[torch.Tensor]) -> torch.Tensor:
-        return self.dot(a, a).real
+        return self.rdot(a, a)
 
     def axpy(self, s: torch.Tensor, x: list[torch.Tensor], y: list[torch.Tensor],
              sign: int = 1):
         """``y + sign · s x`` with ``s`` a scalar per problem."""
+        if self.single and not self.batched and not self.complex:
+            return [torch.addcmul(y[0], s, x[0], value=sign)]
         return [torch.addcmul(yy, self.expand(s, xx), xx, value=sign) for xx, yy in zip(x, y)]
 
     def expand(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if self.batched:
             s = s.reshape(s.shape + (1,) * (like.dim() - 1))
-        return s.to(like.dtype) if like.is_complex() and not s.is_complex() else s
+        return s.to(like.dtype) if self.complex and not s.is_complex() else s
 
 
 def _conj_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -331,8 +346,8 @@ def _start(name: str, matvec: MatVec, b: PyTree, init: PyTree | None, ridge: Any
         name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
         batched=batched, real_only=real_only, options=options,
     )
-    dots = _Dots(batched)
     bl = op.b_leaves
+    dots = _Dots(batched, bl)
     _check_finite(name, bl + x)
     r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
     return _Start(op, x, r, dots, _Loop(bl[0], maxiter, check_every),
@@ -439,9 +454,9 @@ def _cg(
     def step(_: int) -> torch.Tensor:
         ap = op(s["p"])
         if masked:  # a frozen (converged) system may have p = 0: guard the divisions
-            alpha = torch.where(s["active"], s["rs"] / (dots.dot(s["p"], ap).real + tiny), 0)
+            alpha = torch.where(s["active"], s["rs"] / (dots.rdot(s["p"], ap) + tiny), 0)
         else:  # checked every iteration: never called once rs == 0, so p ≠ 0 for SPD A
-            alpha = s["rs"] / dots.dot(s["p"], ap).real
+            alpha = s["rs"] / dots.rdot(s["p"], ap)
         s["x"] = dots.axpy(alpha, s["p"], s["x"])
         s["r"] = dots.axpy(alpha, ap, s["r"], sign=-1)
         rs_new = dots.sq(s["r"])
@@ -797,7 +812,7 @@ def _dense(
     x = split(flat)
     if not return_info:
         return tree.unflatten(op.spec, x)
-    dots = _Dots(batched)
+    dots = _Dots(batched, op.b_leaves)
     res = [bb - ax for bb, ax in zip(op.b_leaves, op(x))]
     res_sq = dots.sq(res)
     thresh_sq = _threshold_sq(dots, op.b_leaves, rtol, atol)
