@@ -343,3 +343,13 @@ def test_fixed_iteration_count_does_not_warn():
         warnings.simplefilter("error")
         ph.prox_l2(z, ph.A(torch.rand(1, 1, 32, 32)), 1.0).sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("bad", [[1.0, float("nan")], [0.0, 1.0], [-1.0, 1.0]])
+def test_tensor_gamma_must_be_positive_everywhere(bad):
+    from unroll import physics as P
+
+    ph = P.Blur(torch.rand(1, 1, 3, 3, dtype=torch.float64), padding="valid")
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gamma must be > 0 everywhere"):
+        ph.prox_l2(x, ph.A(x), torch.tensor(bad, dtype=torch.float64))
