@@ -94,8 +94,33 @@ def test_class_keyword_validation():
         PGD(prior=Tikhonov(), beta=1.0)
     with pytest.raises(ValueError, match="^unroll.optim.HQS: pass sigma_denoiser or g_param"):
         HQS(prior=Tikhonov(), sigma_denoiser=0.1, g_param=0.1)
-    with pytest.raises(ValueError, match="^unroll.unfolded: a prior is required"):
+    with pytest.raises(ValueError, match="^unroll.optim.PGD: a prior is required"):
         PGD()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (PGD, {"stepsize": -1.0}, "stepsize must be > 0"),
+        (GD, {"stepsize": 0}, "stepsize must be > 0"),
+        (FISTA, {"stepsize": torch.tensor(-0.5)}, "stepsize must be > 0"),
+        (HQS, {"stepsize": [1.0, 0.0, 1.0]}, "stepsize must be > 0"),
+        (ADMM, {"lambda_reg": -0.1}, "lambda_reg must be >= 0"),
+        (DRS, {"sigma_denoiser": 0.0}, "sigma_denoiser must be > 0"),
+        (PDCP, {"stepsize_dual": torch.tensor([1.0, -1.0, 1.0])}, "stepsize_dual must be > 0"),
+        (PGD, {"stepsize": float("nan")}, "stepsize must be > 0"),
+    ],
+)
+def test_class_rejects_non_positive_hyperparameters(cls, kwargs, message):
+    name = cls.__name__
+    with pytest.raises(ValueError, match=f"^unroll.optim.{name}: {message}"):
+        cls(prior=Tikhonov(), max_iter=3, **kwargs)
+
+
+def test_class_accepts_zero_lambda_reg():
+    y = torch.rand(1, 1, 4, 4, dtype=DT)
+    x = PGD(prior=Tikhonov(), lambda_reg=0.0, max_iter=5)(y, P.Denoising())
+    torch.testing.assert_close(x, y)
 
 
 # ------------------------------------------------------------------ the LS prox setting

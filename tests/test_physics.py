@@ -432,6 +432,23 @@ def test_gaussian_noise():
         GaussianNoise(-1.0)
 
 
+def test_gaussian_noise_rejects_negative_tensor_sigma():
+    with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0"):
+        GaussianNoise(torch.tensor(-1.0, dtype=D))
+    with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0"):
+        GaussianNoise(torch.tensor([0.1, -0.1], dtype=D))
+    GaussianNoise(torch.tensor(0.0, dtype=D))  # zero noise is allowed
+    # under vmap the check reads the whole underlying batch; valid levels pass through
+    draw = torch.func.vmap(lambda s: GaussianNoise(s)(torch.zeros(3, dtype=D)),
+                           randomness="different")
+    assert draw(torch.tensor([0.1, 0.2], dtype=D)).shape == (2, 3)
+    with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0"):
+        draw(torch.tensor([0.1, -0.2], dtype=D))
+    # under grad the level stays differentiable
+    g = torch.func.grad(lambda s: GaussianNoise(s)(torch.ones(4, dtype=D)).sum())
+    assert g(torch.tensor(0.1, dtype=D)).shape == ()
+
+
 # ---------------------------------------------------------------------- validation
 def test_errors():
     blur = Blur(torch.rand(1, 1, 5, 5, dtype=D), padding="valid")

@@ -200,6 +200,40 @@ def test_trainable_params_exact_and_user_inputs_untouched():
         unfolded_builder("NOPE", params_algo={"stepsize": 1.0}, prior=Tikhonov())
 
 
+@pytest.mark.parametrize(
+    ("params_algo", "message"),
+    [
+        ({"stepsize": 0.0}, "stepsize must be > 0"),
+        ({"stepsize": [1.0, -1.0, 1.0]}, "stepsize must be > 0"),
+        ({"stepsize": torch.tensor([1.0, 1.0, 0.0])}, "stepsize must be > 0"),
+        ({"stepsize": 1.0, "g_param": -0.1}, "g_param must be > 0"),
+        ({"stepsize": 1.0, "lambda_reg": torch.tensor(-1.0)}, "lambda_reg must be >= 0"),
+        ({"stepsize": 1.0, "stepsize_dual": [0.5, 0.0, 0.5]}, "stepsize_dual must be > 0"),
+    ],
+)
+def test_builder_rejects_non_positive_hyperparameters(params_algo, message):
+    with pytest.raises(ValueError, match=f"^unroll.unfolded: {message}"):
+        unfolded_builder("PDCP", params_algo=params_algo, prior=Tikhonov(), max_iter=3)
+
+
+def test_per_iteration_tensor_of_wrong_length_rejected_at_construction():
+    # the same message as for a list; before, a bare RuntimeError at call time
+    with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2 per-"):
+        unfolded_builder("PGD", params_algo={"stepsize": torch.ones(2)}, prior=Tikhonov(),
+                         max_iter=3)
+    model = unfolded_builder("PGD", params_algo={"stepsize": torch.ones(3)}, prior=Tikhonov(),
+                             max_iter=3)
+    assert model.hyper.stepsize.shape == (3,)
+
+
+def test_run_rejects_non_positive_stepsize():
+    alg = algorithms.gd(L2(), Tikhonov())
+    y = torch.ones(1, 1, 2, 2, dtype=DT)
+    physics = MatrixPhysics(torch.eye(4, dtype=DT), (1, 2, 2))
+    with pytest.raises(ValueError, match="^unroll.algorithms.run: stepsize must be > 0"):
+        algorithms.run(alg, y, physics, {"stepsize": -1.0}, 3)
+
+
 def test_parameter_dtype_follows_input():
     model = unfolded_builder("PGD", params_algo={"stepsize": torch.tensor(0.5, dtype=DT)},
                              prior=Tikhonov(), max_iter=2)

@@ -9,11 +9,19 @@
   prior's network, and calls the pure core. :func:`unfolded_builder` builds one by name.
 
 Example:
-    >>> model = unfolded_builder(iteration="HQS", data_fidelity=L2(), prior=PnP(DnCNN()),
+    >>> import torch
+    >>> from unroll.models import DnCNN
+    >>> from unroll.optim import L2, PnP
+    >>> from unroll.physics import Denoising
+    >>> y, physics = torch.rand(1, 3, 16, 16), Denoising()
+    >>> model = unfolded_builder(iteration="HQS", data_fidelity=L2(),
+    ...                          prior=PnP(DnCNN(depth=3, nf=8)),
     ...                          params_algo={"stepsize": 1.0, "g_param": 1.0},
-    ...                          trainable_params=["stepsize", "g_param"], max_iter=5)
+    ...                          trainable_params=["stepsize", "g_param"], max_iter=3)
     >>> x_hat = model(y, physics)
-    >>> x_hat = model.apply(dict(model.named_parameters()), y, physics)  # pure form
+    >>> x_pure = model.apply(dict(model.named_parameters()), y, physics)  # pure form
+    >>> torch.allclose(x_hat, x_pure)
+    True
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from unroll.algorithms.base import (
     PRIOR_KEY,
     Algorithm,
     canonical,
+    check_hyperparameters,
     has_per_iteration,
     params_at,
 )
@@ -64,8 +73,15 @@ def unfold(
         ``apply(params, y, physics) -> x``; composes with ``torch.func.grad``/``vmap``.
 
     Example:
+        >>> import torch
+        >>> from unroll import algorithms
+        >>> from unroll.optim import L2, Tikhonov
+        >>> from unroll.physics import Denoising
+        >>> y, physics = torch.rand(1, 3, 16, 16), Denoising()
         >>> f = unfold(algorithms.pgd(L2(), Tikhonov()), 10)
-        >>> g = torch.func.grad(lambda p: loss(f(p, y, physics)))({"stepsize": torch.ones(10)})
+        >>> loss = lambda p: f(p, y, physics).square().sum()
+        >>> torch.func.grad(loss)({"stepsize": torch.ones(10)})["stepsize"].shape
+        torch.Size([10])
     """
     if not isinstance(algorithm, Algorithm):
         raise TypeError(
@@ -109,7 +125,7 @@ def _deq_map(algorithm: Algorithm) -> Callable:
 
 
 # --------------------------------------------------------------------------- module
-def _as_tensor(name: str, value: Any, max_iter: int) -> Tensor:
+def _as_tensor(api: str, name: str, value: Any, max_iter: int) -> Tensor:
     if isinstance(value, Tensor):
         t = value.detach().clone()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -124,13 +140,14 @@ def _as_tensor(name: str, value: Any, max_iter: int) -> Tensor:
         ])
     else:
         raise TypeError(
-            f"unroll.unfolded: parameter '{name}' must be a number, a list of numbers (one per "
+            f"{api}: parameter '{name}' must be a number, a list of numbers (one per "
             f"iteration) or a tensor, got {type(value).__name__}."
         )
-    if t.dim() >= 1 and t.shape[0] != max_iter and isinstance(value, (list, tuple)):
+    if t.dim() >= 1 and t.shape[0] != max_iter:
         raise ValueError(
-            f"unroll.unfolded: parameter '{name}' has {t.shape[0]} per-iteration values but "
-            f"max_iter={max_iter}; give one value per iteration or a single number."
+            f"{api}: parameter '{name}' has {t.shape[0]} per-iteration values but "
+            f"max_iter={max_iter}; give one value per iteration or a single number "
+            "(a 0-dim tensor)."
         )
     return t
 
@@ -158,7 +175,11 @@ class Unfolded(nn.Module):
     Call ``model(y, physics)``; the pure form is ``model.apply(params, y, physics)`` with
     ``params`` a dict of the model's named parameters/buffers (as in
     :func:`torch.func.functional_call`). Hyperparameters are cast to the dtype of ``y``.
+    ``stepsize``, ``stepsize_dual`` and ``sigma_denoiser`` must be > 0 and ``lambda_reg`` >= 0
+    (checked at construction).
     """
+
+    _api = "unroll.unfolded"  # the API named in error messages (subclasses override)
 
     def __init__(
         self,
@@ -179,18 +200,19 @@ class Unfolded(nn.Module):
         self.iteration = iteration
         self.factory = _resolve(iteration)
         self.data_fidelity = L2() if data_fidelity is None else data_fidelity
+        api = self._api
         if prior is None:
             raise ValueError(
-                "unroll.unfolded: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN())."
+                f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN())."
             )
         self.prior = prior
         if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-            raise ValueError(f"unroll.unfolded: max_iter must be an int >= 1, got {max_iter!r}.")
+            raise ValueError(f"{api}: max_iter must be an int >= 1, got {max_iter!r}.")
         self.max_iter, self.deq_config, self.unfold, self.tol = max_iter, DEQ, unfold, tol
-        self.hyper = _Hyper(params_algo or {}, trainable_params or [], max_iter, unfold)
+        self.hyper = _Hyper(api, params_algo or {}, trainable_params or [], max_iter, unfold)
         if DEQ is not None and self.hyper.per_iteration():
             raise ValueError(
-                "unroll.unfolded: a DEQ has one set of parameters; pass single numbers, not "
+                f"{api}: a DEQ has one set of parameters; pass single numbers, not "
                 "per-iteration lists."
             )
         deq_factory = _alg.pgd if self.factory is _alg.fista else self.factory
@@ -210,7 +232,7 @@ class Unfolded(nn.Module):
     def forward(self, y: Tensor, physics: Any, **kwargs: Any) -> Tensor:
         if kwargs:
             raise TypeError(
-                f"unroll.unfolded: unexpected keyword arguments {sorted(kwargs)}; call "
+                f"{self._api}: unexpected keyword arguments {sorted(kwargs)}; call "
                 "model(y, physics)."
             )
         params = self.params(y.real.dtype)
@@ -226,32 +248,33 @@ class Unfolded(nn.Module):
 class _Hyper(nn.Module):
     """Holds hyperparameters: trainable ones as parameters, the others as buffers."""
 
-    def __init__(self, params_algo: dict, trainable: Sequence[str], max_iter: int, unfold: bool):
+    def __init__(
+        self, api: str, params_algo: dict, trainable: Sequence[str], max_iter: int, unfold: bool
+    ):
         super().__init__()
         if not isinstance(params_algo, dict):
-            raise TypeError(
-                f"unroll.unfolded: params_algo must be a dict, got {type(params_algo).__name__}."
-            )
+            raise TypeError(f"{api}: params_algo must be a dict, got {type(params_algo).__name__}.")
         if isinstance(trainable, str):
-            raise TypeError("unroll.unfolded: trainable_params must be a list of names, not a str.")
+            raise TypeError(f"{api}: trainable_params must be a list of names, not a str.")
         values = canonical(dict(params_algo))
         unknown = sorted(set(values) - set(HYPERPARAMETERS))
         if unknown:
             raise ValueError(
-                f"unroll.unfolded: unknown parameter(s) {unknown}; known: {list(HYPERPARAMETERS)} "
+                f"{api}: unknown parameter(s) {unknown}; known: {list(HYPERPARAMETERS)} "
                 "(g_param is an alias of sigma_denoiser)."
             )
         names = [ALIASES.get(n, n) for n in trainable]
         missing = sorted(set(names) - set(values))
         if missing:
             raise ValueError(
-                f"unroll.unfolded: trainable_params {missing} are not set; give them a value "
+                f"{api}: trainable_params {missing} are not set; give them a value "
                 "(e.g. stepsize=1.0 or params_algo={'stepsize': 1.0})."
             )
         self.names = list(values)
         self.max_iter = max_iter
-        for name, value in values.items():
-            t = _as_tensor(name, value, max_iter)
+        tensors = {name: _as_tensor(api, name, value, max_iter) for name, value in values.items()}
+        check_hyperparameters(api, params_algo)  # names the keys as the user spelt them
+        for name, t in tensors.items():
             if unfold and name in names:
                 self.register_parameter(name, nn.Parameter(t))
             else:
@@ -305,9 +328,18 @@ def unfolded_builder(
         An :class:`Unfolded` module, called as ``model(y, physics)``.
 
     Example:
+        >>> import torch
+        >>> from unroll.models import DnCNN
+        >>> from unroll.optim import L2, PnP
+        >>> from unroll.physics import Denoising
         >>> model = unfolded_builder("HQS", params_algo={"stepsize": 1.0, "g_param": 0.1},
         ...                          trainable_params=["stepsize", "g_param"],
-        ...                          data_fidelity=L2(), prior=PnP(DnCNN()), max_iter=5)
+        ...                          data_fidelity=L2(), prior=PnP(DnCNN(depth=3, nf=8)),
+        ...                          max_iter=3)
+        >>> model(torch.rand(1, 3, 16, 16), Denoising()).shape
+        torch.Size([1, 3, 16, 16])
+        >>> sorted(n for n, _ in model.named_parameters() if n.startswith("hyper"))
+        ['hyper.sigma_denoiser', 'hyper.stepsize']
     """
     params_algo = dict(params_algo) if params_algo is not None else {"stepsize": 1.0}
     if trainable_params is None:

@@ -4,9 +4,14 @@
 (classical use: early stopping, traces) or unfold it with :func:`unroll.unfolded.unfold`.
 
 Example:
-    >>> from unroll import algorithms, optim
+    >>> import torch
+    >>> from unroll import algorithms, optim, physics
+    >>> A = physics.Denoising()
+    >>> y = torch.rand(1, 3, 16, 16)
     >>> alg = algorithms.pgd(optim.L2(), optim.L1Prior())
-    >>> x, info = algorithms.run(alg, y, physics, {"stepsize": 1.0, "lambda_reg": 0.1}, 100)
+    >>> x, info = algorithms.run(alg, y, A, {"stepsize": 1.0, "lambda_reg": 0.1}, 20)
+    >>> x.shape
+    torch.Size([1, 3, 16, 16])
 """
 
 from unroll.algorithms.admm import ADMMState, admm

@@ -31,12 +31,15 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
+from unroll.linear_solve import _host_any
 
 PyTree = Any
 
 PRIOR_KEY = "prior"
 ALIASES = {"g_param": "sigma_denoiser"}
 HYPERPARAMETERS = ("stepsize", "lambda_reg", "sigma_denoiser", "beta", "stepsize_dual")
+POSITIVE = ("stepsize", "stepsize_dual", "sigma_denoiser")
+"""Hyperparameters that must be > 0 (``lambda_reg`` must be >= 0; ``beta`` is free)."""
 
 
 class Algorithm(NamedTuple):
@@ -104,6 +107,43 @@ def get(params: dict, name: str, default: Any = None) -> Any:
             f"(e.g. params['{name}'] = 1.0)."
         )
     return default
+
+
+def _out_of_range(value: Any, strict: bool, tensors: bool) -> bool:
+    """Whether a number / list / real tensor has an entry ``<= 0`` (strict) or ``< 0`` (NaN
+    counts as out of range). Tensors are read on the host only when ``tensors``; a check
+    that cannot run on the host (e.g. under some ``torch.func`` transforms) is skipped."""
+    if isinstance(value, torch.Tensor):
+        if not tensors or value.is_complex():
+            return False
+        ok = value.detach() > 0 if strict else value.detach() >= 0
+        try:
+            return _host_any(~ok)
+        except RuntimeError:
+            return False
+    if isinstance(value, (list, tuple)):
+        return any(_out_of_range(v, strict, tensors) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return not (value > 0 if strict else value >= 0)
+    return False
+
+
+def check_hyperparameters(api: str, params: dict, *, tensors: bool = True) -> None:
+    """Raise a ValueError naming ``api`` when ``stepsize`` / ``stepsize_dual`` /
+    ``sigma_denoiser`` is not > 0 or ``lambda_reg`` is negative (numbers, lists, and, when
+    ``tensors``, tensors: a one-time host read, for construction time)."""
+    for key, value in params.items():
+        name = ALIASES.get(key, key)
+        if name in POSITIVE and _out_of_range(value, True, tensors):
+            raise ValueError(
+                f"{api}: {key} must be > 0 (every entry), got {value!r}; pass a positive "
+                f"value, e.g. {key}=1.0."
+            )
+        if name == "lambda_reg" and _out_of_range(value, False, tensors):
+            raise ValueError(
+                f"{api}: lambda_reg must be >= 0 (every entry), got {value!r}; pass a "
+                "non-negative regularisation weight."
+            )
 
 
 def is_per_iteration(leaf: Any, num_iter: int) -> bool:
@@ -200,10 +240,18 @@ def run(
         ``(x, RunInfo)`` with ``x = output(state)``.
 
     Example:
-        >>> x, info = run(pgd(L2(), L1Prior()), y, physics, {"stepsize": 1.0}, 100, tol=1e-6)
+        >>> import torch
+        >>> from unroll.algorithms import pgd, run
+        >>> from unroll.optim import L2, L1Prior
+        >>> from unroll.physics import Denoising
+        >>> y = torch.rand(2, 1, 8, 8)
+        >>> x, info = run(pgd(L2(), L1Prior()), y, Denoising(), {"stepsize": 1.0}, 100, tol=1e-6)
+        >>> bool(info.converged.all()), int(info.num_iter) < 100
+        (True, True)
     """
     _check_run_args(max_iter, tol, check_every)
     params = canonical(params)
+    check_hyperparameters("unroll.algorithms.run", params, tensors=False)
     state = algorithm.init(y, physics, params_at(params, 0, max_iter)) if init is None else init
     x = algorithm.output(state)
     if x.dim() == 0:

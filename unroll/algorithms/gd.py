@@ -32,8 +32,14 @@ def gd(data_fidelity: Any, prior: Any) -> Algorithm:
         ``sigma_denoiser`` / ``prior`` for learned priors.
 
     Example:
-        >>> alg = gd(L2(), Tikhonov())
-        >>> x, info = unroll.algorithms.run(alg, y, physics, {"stepsize": 0.5}, 200)
+        >>> import torch
+        >>> from unroll.algorithms import gd, run
+        >>> from unroll.optim import L2, Tikhonov
+        >>> from unroll.physics import Denoising
+        >>> y = torch.ones(1, 1, 4, 4)
+        >>> x, info = run(gd(L2(), Tikhonov()), y, Denoising(), {"stepsize": 0.5}, 200)
+        >>> torch.allclose(x, y / 2)  # argmin ½‖x − y‖² + ½‖x‖²
+        True
     """
     c.check_components("gd", data_fidelity, prior, ("f.grad", "g.grad"))
 

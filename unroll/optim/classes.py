@@ -6,10 +6,16 @@ makes the listed ``trainable_params`` learnable (a prior's network is always tra
 the classical algorithm with early stopping at ``tol``.
 
 Example:
-    >>> model = PGD(unfold=True, data_fidelity=L2(), prior=PnP(DnCNN()), stepsize=1.0,
-    ...             sigma_denoiser=0.1, lambda_reg=1, max_iter=5,
+    >>> import torch
+    >>> from unroll.models import DnCNN
+    >>> from unroll.optim import L2, PGD, PnP
+    >>> from unroll.physics import Denoising
+    >>> model = PGD(unfold=True, data_fidelity=L2(), prior=PnP(DnCNN(depth=3, nf=8)),
+    ...             stepsize=1.0, sigma_denoiser=0.1, lambda_reg=1, max_iter=3,
     ...             trainable_params=["stepsize", "sigma_denoiser", "lambda_reg"])
-    >>> x_hat = model(y, physics)
+    >>> x_hat = model(torch.rand(1, 3, 16, 16), Denoising())
+    >>> x_hat.shape
+    torch.Size([1, 3, 16, 16])
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ _UNSET = object()
 class _Optim(Unfolded):
     iteration_name = ""
     extra: tuple[str, ...] = ()
+
+    @property
+    def _api(self) -> str:
+        return f"unroll.optim.{type(self).__name__}"
 
     def __init__(
         self,

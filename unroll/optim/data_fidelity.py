@@ -33,8 +33,11 @@ class L2:
         sigma: noise level ``σ > 0`` (default 1).
 
     Example:
-        >>> f = L2()
-        >>> x = f.prox(z, y, physics, gamma=0.5)  # argmin_x f(x) + ‖x − z‖²/(2·0.5)
+        >>> import torch
+        >>> from unroll.physics import Denoising
+        >>> z, y = torch.zeros(1, 2), torch.ones(1, 2)
+        >>> L2().prox(z, y, Denoising(), gamma=1.0)  # argmin_x f(x) + ‖x − z‖²/(2·1)
+        tensor([[0.5000, 0.5000]])
     """
 
     def __init__(self, sigma: float = 1.0):
@@ -91,7 +94,11 @@ class L1:
             when None.
 
     Example:
-        >>> x = L1().prox(z, y, physics, gamma=0.1)
+        >>> import torch
+        >>> from unroll.physics import Denoising
+        >>> z, y = torch.tensor([[1.0, 0.05]]), torch.zeros(1, 2)
+        >>> L1().prox(z, y, Denoising(), gamma=0.1)  # soft-thresholds z − y by γ
+        tensor([[0.9000, 0.0000]])
     """
 
     def __init__(self, max_iter: int = 100, norm: float | None = None):

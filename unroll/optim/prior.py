@@ -100,8 +100,11 @@ class PnP(_DenoiserPrior):
         denoiser: a callable ``denoiser(x, sigma)``; an ``nn.Module``'s weights are trainable.
 
     Example:
-        >>> prior = PnP(unroll.models.DnCNN())
-        >>> x = prior.prox(z, gamma=1.0, sigma=0.1)
+        >>> import torch
+        >>> from unroll.models import DnCNN
+        >>> prior = PnP(DnCNN(depth=3, nf=8))
+        >>> prior.prox(torch.rand(1, 3, 16, 16), gamma=1.0, sigma=0.1).shape
+        torch.Size([1, 3, 16, 16])
     """
 
     def prox(self, x: Tensor, gamma, sigma=None, weights=None) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from unroll import tree
+from unroll.linear_solve import _host_any
 
 __all__ = ["GaussianNoise"]
 
@@ -39,6 +40,11 @@ class GaussianNoise:
         if isinstance(sigma, torch.Tensor):
             if sigma.is_complex():
                 raise TypeError("GaussianNoise: sigma must be real, got a complex tensor.")
+            if _negative(sigma):
+                raise ValueError(
+                    f"GaussianNoise: sigma must be >= 0 (every entry), got {sigma!r}; pass a "
+                    "non-negative noise level."
+                )
         elif not isinstance(sigma, (int, float)) or sigma < 0:
             raise ValueError(
                 f"GaussianNoise: sigma must be a number >= 0 or a tensor, got {sigma!r}."
@@ -54,6 +60,16 @@ class GaussianNoise:
 
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma!r})"
+
+
+def _negative(sigma: torch.Tensor) -> bool:
+    """Whether any entry of ``sigma`` is negative or NaN, read once on the host (under
+    ``torch.func.vmap`` over the whole underlying batch); False where no host read is
+    possible."""
+    try:
+        return _host_any(~(sigma.detach() >= 0))
+    except RuntimeError:
+        return False
 
 
 def _flatten(noise: GaussianNoise):
