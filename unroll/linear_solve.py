@@ -276,9 +276,10 @@ class _Dots:
         return self.rdot(a, a)
 
     def axpy(self, s: torch.Tensor, x: list[torch.Tensor], y: list[torch.Tensor],
-             sign: int = 1):
-        """``y + sign · s x`` with ``s`` a scalar per problem."""
-        if self.single and not self.batched and not self.complex:
+             sign: int = 1, expanded: bool = False):
+        """``y + sign · s x`` with ``s`` a scalar per problem (``expanded``: already shaped by
+        :meth:`expand` for leaves of equal rank)."""
+        if self.single and (expanded or (not self.batched and not self.complex)):
             return [torch.addcmul(y[0], s, x[0], value=sign)]
         return [torch.addcmul(yy, self.expand(s, xx), xx, value=sign) for xx, yy in zip(x, y)]
 
@@ -447,6 +448,7 @@ def _cg(
     # Systems are frozen by masks unless one system is checked on the host every iteration.
     masked = batched or loop.check_every > 1 or _in_vmap()
     tiny = torch.finfo(thresh_sq.dtype).tiny
+    one = dots.single
     rs = dots.sq(r)
     s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq,
          "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
@@ -457,8 +459,10 @@ def _cg(
             alpha = torch.where(s["active"], s["rs"] / (dots.rdot(s["p"], ap) + tiny), 0)
         else:  # checked every iteration: never called once rs == 0, so p ≠ 0 for SPD A
             alpha = s["rs"] / dots.rdot(s["p"], ap)
-        s["x"] = dots.axpy(alpha, s["p"], s["x"])
-        s["r"] = dots.axpy(alpha, ap, s["r"], sign=-1)
+        if one:  # broadcast once for both updates
+            alpha = dots.expand(alpha, ap[0])
+        s["x"] = dots.axpy(alpha, s["p"], s["x"], expanded=one)
+        s["r"] = dots.axpy(alpha, ap, s["r"], sign=-1, expanded=one)
         rs_new = dots.sq(s["r"])
         beta = rs_new / (s["rs"] + tiny) if masked else rs_new / s["rs"]
         s["p"] = dots.axpy(beta, s["p"], s["r"])

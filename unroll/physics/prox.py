@@ -230,12 +230,12 @@ def _prox_cg(
     *,
     settings: _Settings,
 ) -> tuple[torch.Tensor, SolveInfo]:
-    g = expand_per_sample(gamma, z)
-    rhs = physics.A_adjoint(y) + z / g
+    inv_g = 1 / expand_per_sample(gamma, z)
+    rhs = torch.addcmul(physics.A_adjoint(y), z, inv_g)
     normal = physics.normal_operator(z)
 
     def matvec(h: torch.Tensor) -> torch.Tensor:
-        return normal(h) + h / g
+        return torch.addcmul(normal(h), h, inv_g)  # AᵀA h + h/γ in one op
 
     return solve_cg(
         matvec, rhs, init=init, rtol=settings.tol, maxiter=settings.max_iter, batched=True,
@@ -294,8 +294,9 @@ def _fast_normal_op(physics: LinearPhysics, gamma: torch.Tensor | None, others: 
     def normal(u: torch.Tensor) -> torch.Tensor:
         if "op" not in cache:
             cache["op"] = phys.normal_operator(u)
+            cache["inv_g"] = None if gamma is None else 1 / expand_per_sample(gamma.detach(), u)
         out = cache["op"](u)
-        return out if gamma is None else out + u / expand_per_sample(gamma.detach(), u)
+        return out if gamma is None else torch.addcmul(out, u, cache["inv_g"])
 
     return normal
 
