@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import saved_bytes  # benchmarks/_common.py
 
 import unroll.physics as up
 
@@ -92,19 +93,6 @@ class IterCounter:
     def take(self) -> list[int]:
         out, self.solves = self.solves, []
         return out
-
-
-def saved_bytes(fn: Callable[[], Any]) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 # ---------------------------------------------------------------------- the cases

@@ -34,10 +34,9 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
+from _common import saved_bytes  # benchmarks/_common.py
 
 import unroll.physics as up
 from unroll.models import DnCNN
@@ -62,19 +61,6 @@ def load_deepinv():
 
 
 # ---------------------------------------------------------------------- instrumentation
-def saved_bytes(fn: Callable[[], Any]) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
-
-
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from tanh_layer import plain_loop, tanh_f, tanh_layer
 from torch import nn
 
 from unroll.equilibrium import DEQ, DEQConfig, deq
@@ -26,27 +27,6 @@ BACKWARDS = {
 
 
 
-def tanh_layer(d: int, rho: float, batch: int = 32, seed: int = 0):
-    """``z = tanh(W z + U x + b)`` with ``W`` scaled to spectral radius ``rho``."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, d, generator=g, dtype=DT)
-    w = w * rho / torch.linalg.eigvals(w).abs().max()
-    u = torch.randn(d, d, generator=g, dtype=DT) / d**0.5
-    b = 0.01 * torch.randn(d, generator=g, dtype=DT)
-    x = 0.1 * torch.randn(batch, d, generator=g, dtype=DT)
-    return w, u, b, x
-
-
-def tanh_f(z, w, u, b, x):
-    return torch.tanh(z @ w.T + x @ u.T + b)
-
-
-def unrolled(f, z, *args, n=3000):
-    for _ in range(n):
-        z = f(z, *args)
-    return z
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -60,7 +40,7 @@ def test_gradients_match_unrolled_reference(rho, backward):
     z0 = torch.zeros(32, 24, dtype=DT)
 
     def ref_loss(*p):
-        return (unrolled(tanh_f, z0, *p, n=3000) * weights).sum()
+        return (plain_loop(tanh_f, z0, *p, n=3000) * weights).sum()
 
     ref = torch.func.grad(ref_loss, argnums=(0, 1, 2, 3))(*params)
     leaves = [p.clone().requires_grad_() for p in params]
@@ -80,7 +60,7 @@ def test_func_grad_matches_backward_and_reference():
         return z.square().sum()
 
     def ref_loss(p, x):
-        return unrolled(tanh_f, torch.zeros_like(x), p["w"], p["u"], p["b"], x).square().sum()
+        return plain_loop(tanh_f, torch.zeros_like(x), p["w"], p["u"], p["b"], x).square().sum()
 
     g = torch.func.grad(loss, argnums=(0, 1))(params, x)
     r = torch.func.grad(ref_loss, argnums=(0, 1))(params, x)
@@ -97,7 +77,7 @@ def test_vmap_of_grad_per_sample():
         return deq(tanh_f, torch.zeros_like(xi), w, u, b, xi, config=cfg).sum()
 
     g = torch.func.vmap(torch.func.grad(per_sample))(x)
-    ref = torch.func.grad(lambda x: unrolled(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(x)
+    ref = torch.func.grad(lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(x)
     assert rel_err(g, ref) <= 1e-8
 
 
@@ -107,7 +87,7 @@ def test_jacrev_through_deq():
     x = x[0]
     jac = torch.func.jacrev(lambda x: deq(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x,
                                           config=BACKWARDS["anderson"]))(x)
-    z = unrolled(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x)
+    z = plain_loop(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x)
     s = 1 - tanh_f(z, w, u, b, x) ** 2
     ref = torch.linalg.solve(torch.eye(6, dtype=DT) - s[:, None] * w, s[:, None] * u)
     torch.testing.assert_close(jac, ref, rtol=1e-9, atol=1e-12)
@@ -119,7 +99,7 @@ def test_jacobian_free_is_one_step_gradient():
     w, u, b, x = tanh_layer(12, 0.9, batch=4)
     cfg = dataclasses.replace(BACKWARDS["fixed_point"], jacobian_free=True)
     g = torch.func.grad(lambda w: deq(tanh_f, torch.zeros_like(x), w, u, b, x, config=cfg).sum())(w)
-    z_star = unrolled(tanh_f, torch.zeros_like(x), w, u, b, x)
+    z_star = plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x)
     ref = torch.func.grad(lambda w: tanh_f(z_star, w, u, b, x).sum())(w)
     torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
     exact = torch.func.grad(lambda w: deq(tanh_f, torch.zeros_like(x), w, u, b, x,
@@ -132,7 +112,7 @@ def test_custom_backward_solve():
     cfg = dataclasses.replace(BACKWARDS["fixed_point"],
                               backward_solve=functools.partial(solve_gmres, rtol=1e-12))
     g = torch.func.grad(lambda x: deq(tanh_f, torch.zeros_like(x), w, u, b, x, config=cfg).sum())(x)
-    ref = torch.func.grad(lambda x: unrolled(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(x)
+    ref = torch.func.grad(lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(x)
     assert rel_err(g, ref) <= 1e-9
 
 
@@ -195,7 +175,7 @@ def test_pytree_state_gradients(backward):
 
     g_imp = torch.func.grad(loss, argnums=(0, 1))(params, x, implicit)
     g_ref = torch.func.grad(loss, argnums=(0, 1))(
-        params, x, lambda p, x: unrolled(pair_step, s0, p, x, n=500))
+        params, x, lambda p, x: plain_loop(pair_step, s0, p, x, n=500))
     for k in params:
         assert rel_err(g_imp[0][k], g_ref[0][k]) <= 1e-8
     assert rel_err(g_imp[1], g_ref[1]) <= 1e-8
@@ -215,7 +195,7 @@ def test_batched_per_sample_convergence():
         assert len(set(info.num_iter.tolist())) > 1
         z.square().sum().backward()
         ref = torch.func.grad(
-            lambda x: unrolled(tanh_f, torch.zeros_like(x), w, u, b, x).square().sum())(x)
+            lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).square().sum())(x)
         assert rel_err(x_.grad, ref) <= 1e-8
 
 
@@ -272,7 +252,7 @@ def test_deq_module_parameter_gradients():
     layer(torch.zeros(3, 6, dtype=DT), x).square().sum().backward()
     got = {k: p.grad.clone() for k, p in cell.named_parameters()}
     cell.zero_grad()
-    z_ref = unrolled(lambda z, x: cell(z, x), torch.zeros(3, 6, dtype=DT), x, n=300)
+    z_ref = plain_loop(lambda z, x: cell(z, x), torch.zeros(3, 6, dtype=DT), x, n=300)
     z_ref.square().sum().backward()
     for k, p in cell.named_parameters():
         assert rel_err(got[k], p.grad) <= 1e-8, k
@@ -285,7 +265,7 @@ def test_deq_module_with_step_function_and_params():
                 params={"w": w, "u": u, "b": b}, config=BACKWARDS["anderson"])
     z, info = layer(torch.zeros_like(x), x, return_info=True)
     z.sum().backward()
-    ref = torch.func.grad(lambda w: unrolled(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(w)
+    ref = torch.func.grad(lambda w: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(w)
     assert rel_err(layer.params["w"].grad, ref) <= 1e-8
     assert bool(info.converged)
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from tanh_layer import plain_loop, tanh_f, tanh_layer
 
 from unroll.fixed_point import (
     FixedPointInfo,
@@ -22,27 +23,6 @@ from unroll.linear_solve import ConvergenceWarning
 DT = torch.float64
 SOLVERS = [fixed_point_iteration, anderson]
 
-
-
-def tanh_layer(d: int, rho: float, batch: int = 32, seed: int = 0, dtype=DT):
-    """``z = tanh(W z + U x + b)`` with ``W`` scaled to spectral radius ``rho``."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, d, generator=g, dtype=DT)
-    w = w * rho / torch.linalg.eigvals(w).abs().max()
-    u = torch.randn(d, d, generator=g, dtype=DT) / d**0.5
-    b = 0.01 * torch.randn(d, generator=g, dtype=DT)
-    x = 0.1 * torch.randn(batch, d, generator=g, dtype=DT)
-    return tuple(t.to(dtype) for t in (w, u, b, x))
-
-
-def tanh_f(z, w, u, b, x):
-    return torch.tanh(z @ w.T + x @ u.T + b)
-
-
-def plain_loop(f, z, *args, n=3000):
-    for _ in range(n):
-        z = f(z, *args)
-    return z
 
 
 def contraction(n: int, rho: float, seed: int) -> torch.Tensor:

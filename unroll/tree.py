@@ -3,7 +3,7 @@
 Every function here maps over the leaves of one or more pytrees of tensors (nested
 dict / tuple / list / NamedTuple, plus the classes registered in the ``"unroll"`` optree
 namespace, such as the physics operators). Reductions return 0-dim tensors, never Python
-numbers, so nothing here synchronises with the device (no ``.item()``).
+numbers, so nothing here synchronises with the device.
 
 The ``batch_*`` variants treat the leading dimension of every leaf as a batch of independent
 problems: they reduce over all other dimensions and return a tensor of shape ``(B,)``, and
