@@ -21,3 +21,17 @@ def saved_bytes(fn: Callable[[], Any]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return total
+
+
+def load_deepinv():
+    """DeepInverse when installed (the ``bench`` extra / anchors venv), else None."""
+    try:
+        try:
+            import tv_shim  # noqa: F401  (torchvision CPU shim of the anchors venv)
+        except ImportError:
+            pass
+        import deepinv
+
+        return deepinv
+    except Exception:  # noqa: BLE001 - the anchor is optional
+        return None

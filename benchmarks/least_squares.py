@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import saved_bytes  # benchmarks/_common.py
+from _common import load_deepinv, saved_bytes  # benchmarks/_common.py
 
 import unroll.physics as up
 
@@ -41,17 +41,6 @@ LS_MODULE = importlib.import_module("unroll.physics.prox")
 
 
 # ---------------------------------------------------------------------- anchors
-def load_deepinv():
-    try:
-        try:
-            import tv_shim  # noqa: F401  (torchvision CPU shim of the anchors venv)
-        except ImportError:
-            pass
-        import deepinv
-
-        return deepinv
-    except Exception:  # noqa: BLE001 - the anchor is optional
-        return None
 
 
 # ---------------------------------------------------------------------- instrumentation

@@ -36,7 +36,7 @@ import time
 import warnings
 
 import torch
-from _common import saved_bytes  # benchmarks/_common.py
+from _common import load_deepinv, saved_bytes  # benchmarks/_common.py
 
 import unroll.physics as up
 from unroll.models import DnCNN
@@ -45,19 +45,6 @@ from unroll.unfolded import unfolded_builder
 
 MAX_ITER = 5
 BATCH, CHANNELS, SIZE = 8, 3, 32
-
-
-def load_deepinv():
-    try:
-        try:
-            import tv_shim  # noqa: F401  (torchvision CPU shim of the anchors venv)
-        except ImportError:
-            pass
-        import deepinv
-
-        return deepinv
-    except Exception:  # noqa: BLE001 - the anchor is optional
-        return None
 
 
 # ---------------------------------------------------------------------- instrumentation

@@ -270,11 +270,8 @@ def test_pdnet_short_training_lowers_loss():
 
 
 # --------------------------------------------------------------------------- MoDL
-def test_modl_forward_matches_dense_solves():
-    torch.manual_seed(0)
-    x, physics, y = mri_problem(coils=0)
-    model = MoDL(num_iter=2, in_channels=2, stepsize=0.7).to(DT)
-    out = model(y, physics)
+def modl_dense_reference(model, physics, y):
+    """MoDL's two iterations with the data step as a dense solve of (AᴴA + I/γ) x = Aᴴy + z/γ."""
     a = dense(physics.A, (8, 8))
     ref = physics.A_adjoint(y)
     for k in range(2):
@@ -283,6 +280,15 @@ def test_modl_forward_matches_dense_solves():
         lhs = a.conj().T @ a + torch.eye(64, dtype=CDT) / g
         rhs = (a.conj().T @ y.reshape(2, -1).T).T + z.reshape(2, -1) / g
         ref = torch.linalg.solve(lhs, rhs.T).T.reshape(2, 8, 8)
+    return ref
+
+
+def test_modl_forward_matches_dense_solves():
+    torch.manual_seed(0)
+    x, physics, y = mri_problem(coils=0)
+    model = MoDL(num_iter=2, in_channels=2, stepsize=0.7).to(DT)
+    out = model(y, physics)
+    ref = modl_dense_reference(model, physics, y)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
 
 
@@ -502,14 +508,7 @@ def test_modl_on_unroll_mri_closed_form_and_multicoil_cg():
     x, local, y = mri_problem(h=8, coils=3)
     physics = _unroll_mri(local, max_iter=300, tol=1e-13)
     out = model(y, physics)
-    a = dense(physics.A, (8, 8))
-    ref = physics.A_adjoint(y)
-    for k in range(2):
-        z = from_channels(*_apply_real(model.denoisers[k], ref))
-        g = model.stepsize[k].detach()
-        lhs = a.conj().T @ a + torch.eye(64, dtype=CDT) / g
-        rhs = (a.conj().T @ y.reshape(2, -1).T).T + z.reshape(2, -1) / g
-        ref = torch.linalg.solve(lhs, rhs.T).T.reshape(2, 8, 8)
+    ref = modl_dense_reference(model, physics, y)
     torch.testing.assert_close(out.detach(), ref, rtol=1e-8, atol=1e-9)
 
 
