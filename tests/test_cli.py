@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unroll.__main__ import TINY, main
+from unroll.__main__ import TINY, _out_folder, main
+from unroll._checkpoint import load_checkpoint, state_checksum
 from unroll._train import TrainConfig, load_model, make_physics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,6 +55,57 @@ def test_checkpoint_reloads_with_weights_only(tiny_demo):
     with torch.no_grad():
         psnr = float(metrics.psnr(model(y, physics).clamp(0, 1), x_test).mean())
     assert abs(psnr - res["psnr_unfolded"]) < 1e-3
+    # the checkpoint holds its configuration: no TrainConfig needed to rebuild the model
+    rebuilt = load_model(None, tiny_demo / "model.pt")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    ckpt = load_checkpoint(tiny_demo / "model.pt")
+    assert ckpt.config == res["config"]
+    assert not list(tiny_demo.glob(".*.tmp"))  # atomic writes left no temporary file
+
+
+def test_second_run_into_the_same_folder_is_refused(tiny_demo, capsys):
+    before = {p.name: p.read_bytes() for p in tiny_demo.iterdir()}
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--tiny", "--out", str(tiny_demo), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (model.pt, results.json)" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in tiny_demo.iterdir()} == before  # untouched
+
+
+def test_overwrite_replaces_a_previous_run(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "model.pt").write_bytes(b"")  # a previous run's (even a broken) checkpoint
+    argv = ["train", "--out", str(tmp_path), *_tiny_flags(), "--epochs", "1", "--num-train",
+            "8", "--num-test", "4", "--crop-size", "16", "--iterations", "2", "--no-progress"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert main([*argv, "--overwrite"]) == 0
+    assert load_checkpoint(tmp_path / "model.pt").config["iterations"] == 2
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["overwrite"] is True
+
+
+def test_default_out_folder_never_overwrites_an_earlier_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _out_folder(None, overwrite=False) == "unroll-out"  # a fresh machine
+    (tmp_path / "unroll-out").mkdir()
+    assert _out_folder(None, overwrite=False) == "unroll-out"  # an empty folder holds no run
+    (tmp_path / "unroll-out" / "results.json").write_text("{}")
+    (tmp_path / "unroll-out-2").mkdir()
+    (tmp_path / "unroll-out-2" / "model.pt").write_bytes(b"x")
+    assert _out_folder(None, overwrite=False) == "unroll-out-3"
+    assert "writing this one to unroll-out-3" in capsys.readouterr().out
+    assert _out_folder(None, overwrite=True) == "unroll-out"
+    assert _out_folder("mine", overwrite=False) == "mine"  # an explicit --out: train() decides
+
+
+def test_help_explains_overwrite_and_the_default_folder(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "unroll-out-2" in text and "is refused" in text
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -95,13 +147,13 @@ def test_ddp_two_processes_keep_parameters_identical(tmp_path):
            str(tmp_path), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s0 = torch.load(tmp_path / "model-rank0.pt", weights_only=True)
-    s1 = torch.load(tmp_path / "model-rank1.pt", weights_only=True)
-    assert s0.keys() == s1.keys()
-    for key in s0:
-        assert torch.equal(s0[key], s1[key]), key
-    # training moved the learnable step size away from its initial value 1.0 on both ranks
-    assert not torch.equal(s0["hyper.stepsize"], torch.ones_like(s0["hyper.stepsize"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "model.pt",
+                                                          "results.json"]  # no rank files
+    per_rank = json.loads((tmp_path / "results.json").read_text())["state_sha256_per_rank"]
+    state = load_checkpoint(tmp_path / "model.pt").state_dict
+    assert per_rank == [state_checksum(state)] * 2  # both ranks ended with the saved weights
+    # training moved the learnable step size away from its initial value 1.0
+    assert not torch.equal(state["hyper.stepsize"], torch.ones_like(state["hyper.stepsize"]))
 
 
 def test_bench_collects_ratios_into_a_markdown_table(tmp_path, capsys):

@@ -8,6 +8,13 @@
 
       torchrun --nproc_per_node=2 -m unroll train --ddp --out runs/ddp
 
+  Runs never overwrite each other: without ``--out``, ``demo`` and ``train`` write into
+  ``unroll-out``, or, when that folder already holds a run, into the first free
+  ``unroll-out-2``, ``unroll-out-3``, ...; an ``--out`` folder that holds a run
+  (``model.pt`` or ``results.json``) is refused unless ``--overwrite`` is given. Every file is
+  written atomically, and ``model.pt`` holds the run's configuration, unroll's version and a
+  checksum, verified when it is loaded.
+
 * ``bench``: runs the scripts in ``benchmarks/`` and writes a markdown table of their ratios.
 """
 
@@ -20,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unroll._train import ALGORITHMS, PHYSICS, TrainConfig
+from unroll._train import ALGORITHMS, PHYSICS, TrainConfig, next_free_folder
 
 TINY = {"epochs": 2, "num_train": 32, "num_test": 8, "crop_size": 24, "depth": 3, "nf": 8,
         "batch_size": 4, "cg_iters": 20}
@@ -51,16 +58,54 @@ def _add_train_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> Non
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help="intra-op CPU threads (1 is fastest for these small tensors)")
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--out", default=defaults.out, help="output folder")
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default: {defaults.out}, or the first free "
+                   f"{defaults.out}-2, {defaults.out}-3, ... when it already holds a run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the output folder (without it, a folder "
+                   "holding model.pt or results.json is refused; without --out, the default "
+                   "folder is reused instead of a numbered one)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed options; no ``--out`` picks a folder with no run.
+
+    Args:
+        args: the parsed ``demo`` / ``train`` options.
+        **overrides: fields set over the options (``--tiny``'s sizes, ``ddp``).
+
+    Returns:
+        The configuration.
+    """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["progress"] = not args.no_progress
     values.update(overrides)
+    values["out"] = _out_folder(args.out, args.overwrite)
     return TrainConfig(**values)
+
+
+def _out_folder(out: str | None, overwrite: bool) -> str:
+    """The output folder: ``--out``; without it the default, or its first free numbered twin.
+
+    Args:
+        out: the ``--out`` option (``None`` when not given).
+        overwrite: ``--overwrite``: without ``--out``, reuse the default folder.
+
+    Returns:
+        The folder to write to.
+    """
+    if out is not None:
+        return out
+    default = TrainConfig.out
+    if overwrite:
+        return default
+    chosen = str(next_free_folder(default))
+    if chosen != default and _rank() == 0:
+        print(f"{default} holds an earlier run; writing this one to {chosen} (pass --overwrite "
+              "to replace it, or --out DIR)")
+    return chosen
 
 
 def _report(results: dict) -> None:

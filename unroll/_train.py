@@ -20,8 +20,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from unroll._checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    config_differences,
+    read_checkpoint,
+    save_checkpoint,
+    state_checksum,
+)
+
 ALGORITHMS = ("GD", "PGD", "FISTA", "HQS", "ADMM", "DRS")
 PHYSICS = ("blur", "inpainting", "denoising")
+#: The TrainConfig fields that define the model (its architecture and the physics it inverts):
+#: a checkpoint loads only into a model whose configuration agrees on all of them.
+MODEL_FIELDS = ("algorithm", "iterations", "channels", "depth", "nf", "deq", "physics",
+                "noise", "blur_sigma")
+#: The files whose presence marks a folder as holding a finished run.
+RUN_FILES = ("model.pt", "results.json")
 
 
 @dataclasses.dataclass
@@ -52,6 +67,7 @@ class TrainConfig:
     out: str = "unroll-out"
     ddp: bool = False
     progress: bool = True
+    overwrite: bool = False
 
     def validate(self) -> None:
         if self.algorithm.upper() not in ALGORITHMS:
@@ -170,9 +186,13 @@ def train(cfg: TrainConfig) -> dict:
     from unroll import data, metrics
 
     cfg.validate()
+    out = Path(cfg.out)
+    previous = previous_run(out)
+    if previous and not cfg.overwrite:
+        raise ValueError(f"unroll train: {out} already holds a run ({', '.join(previous)}); "
+                         "pass --overwrite (overwrite=True) to replace it, or another --out.")
     torch.set_num_threads(cfg.threads)
     rank, world = _ddp_setup(cfg)
-    out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{rank}"
@@ -240,12 +260,13 @@ def train(cfg: TrainConfig) -> dict:
         "steps": total,
         "learned_stepsize": model.hyper.stepsize.detach().cpu().flatten().tolist(),
     }
-    if rank == 0:
-        torch.save(model.state_dict(), out / "model.pt")
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+    if cfg.ddp:  # every rank's checksum: the ranks must end with the same weights
+        results["state_sha256_per_rank"] = _gather(state_checksum(model.state_dict()), world)
+    if rank == 0:  # only rank 0 writes; each file is replaced atomically
+        save_checkpoint(out / "model.pt", model.state_dict(), cfg)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
         _figure(out / "figure.png", x_test, y_img, x_cls, x_net, results, losses)
     if cfg.ddp:
-        torch.save(model.state_dict(), out / f"model-rank{rank}.pt")
         import torch.distributed as dist
 
         dist.barrier()
@@ -253,11 +274,101 @@ def train(cfg: TrainConfig) -> dict:
     return results
 
 
-def load_model(cfg: TrainConfig, path: str | Path) -> nn.Module:
-    """Rebuild the model of ``cfg`` and load a checkpoint (``weights_only=True``)."""
+def previous_run(out: str | Path) -> list[str]:
+    """The files of an earlier run in a folder.
+
+    Args:
+        out: an output folder (it need not exist).
+
+    Returns:
+        The names in :data:`RUN_FILES` present in ``out`` (empty: the folder holds no run).
+    """
+    return [name for name in RUN_FILES if (Path(out) / name).exists()]
+
+
+def next_free_folder(base: str | Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none.
+
+    Args:
+        base: the preferred output folder.
+
+    Returns:
+        A folder that :func:`previous_run` finds empty (it may not exist yet).
+    """
+    base = Path(base)
+    candidate, n = base, 1
+    while previous_run(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def config_from_dict(saved: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a saved configuration (unknown keys are ignored).
+
+    Args:
+        saved: a configuration as stored in a checkpoint or in ``results.json``.
+
+    Returns:
+        The configuration, with defaults for fields the saved one lacks.
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def load_model(cfg: TrainConfig | None, path: str | Path) -> nn.Module:
+    """Rebuild a trained model from its checkpoint (``weights_only=True``, checksum verified).
+
+    Args:
+        cfg: the configuration the model should have; it must agree with the checkpoint's on
+            :data:`MODEL_FIELDS` (other fields such as ``epochs`` or ``lr`` may differ).
+            ``None`` rebuilds the model from the checkpoint's own configuration.
+        path: the checkpoint (``RUN/model.pt``).
+
+    Returns:
+        The model with the saved weights, on the CPU.
+
+    Raises:
+        ValueError: the file is missing, empty, cut off, damaged or not a checkpoint, or it
+            was trained with a different model configuration (each differing field named).
+    """
+    ckpt = read_checkpoint(path, "unroll load_model")
+    if cfg is None:
+        cfg = config_from_dict(ckpt.config)
+    diffs = config_differences(_model_view(ckpt.config), _model_view(dataclasses.asdict(cfg)),
+                               MODEL_FIELDS)
+    if diffs:
+        saved = ", ".join(f"{name}={old!r}" for name, old, _ in diffs)
+        asked = ", ".join(f"{name}={new!r}" for name, _, new in diffs)
+        raise ValueError(f"unroll load_model: checkpoint {path} was trained with {saved}, this "
+                         f"model has {asked}; pass the checkpoint's settings, or cfg=None to "
+                         "rebuild the model from the checkpoint's configuration.")
     model = make_model(cfg)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"unroll load_model: the weights in {path} do not fit the model "
+                         f"({first}); was it written by another version of unroll "
+                         f"({ckpt.unroll_version})? Re-run training.") from err
     return model
+
+
+def _model_view(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration with names normalised for comparison (algorithm names ignore case)."""
+    view = dict(config)
+    if isinstance(view.get("algorithm"), str):
+        view["algorithm"] = view["algorithm"].upper()
+    return view
+
+
+def _gather(value: str, world: int) -> list[str]:
+    """Every rank's ``value`` (all ranks call it), in rank order."""
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * world
+    dist.all_gather_object(values, value)
+    return [str(v) for v in values]
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -295,5 +406,7 @@ def _figure(path: Path, x, y, x_cls, x_net, results: dict, losses: list[float]) 
     ax.set_title("training loss (MSE)", fontsize=9)
     ax.set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    finally:
+        plt.close(fig)
