@@ -337,7 +337,8 @@ def _attach_implicit_grad(
     linear_solve: Callable[..., Any] | None,
 ) -> dict[str, torch.Tensor]:
     """Pass the solution through ``custom_root`` so it carries the implicit VJP."""
-    from unroll.implicit import custom_root  # late: unroll.implicit re-exports this module
+    # late: unroll.implicit re-exports this module
+    from unroll.implicit import ClosedOverTensorError, custom_root
 
     options: dict[str, Any] = {"argnums": (1, 2) if diff_inputs else 1}
     if linear_solve is not None:
@@ -348,10 +349,8 @@ def _attach_implicit_grad(
 
     try:
         return custom_root(optimality, **options)(solver)(sol, meta, tensors)
-    except ValueError as err:
-        if "closed-over" not in str(err):
-            raise
-        raise ValueError(
+    except ClosedOverTensorError as err:
+        raise ClosedOverTensorError(
             f"{_API}.solve: the objective/optimality uses a tensor that requires grad but is "
             "neither a parameter of the module nor an input of `solve` (e.g. a plain tensor "
             "attribute); its gradient would be lost. Make it an nn.Parameter (a "

@@ -36,15 +36,16 @@ import torch
 from torch import nn
 
 from unroll import tree
+from unroll._failure import check_on_failure
 from unroll.fixed_point import (
     FixedPointInfo,
-    _warn_unconverged,
     anderson,
     fixed_point_iteration,
+    report_fixed_point,
     solve_anderson,
     solve_fixed_point,
 )
-from unroll.implicit import custom_root
+from unroll.implicit import ClosedOverTensorError, _custom_root
 
 PyTree = Any
 
@@ -79,6 +80,13 @@ class DEQConfig:
         backward_solve: a linear solver ``solve(matvec, b, **opts)`` that replaces the
             fixed-point / Anderson backward (e.g. ``unroll.linear_solve.solve_gmres``); it
             solves ``(I − Jᵀ) v = u``.
+        on_failure: a forward or backward solve that stops short of its tolerance, diverges
+            or meets NaN/Inf ``"warn"`` (default; a
+            :class:`~unroll.linear_solve.ConvergenceWarning` naming ``deq (forward)`` or
+            ``deq (backward)``, once per cause and call site), ``"raise"``
+            (:class:`~unroll.linear_solve.ConvergenceError`) or ``"ignore"`` it. A
+            diverging backward returns the gradient of its last good iterate (finite,
+            approximate), never NaN.
     """
 
     jacobian_free: bool = False
@@ -97,8 +105,10 @@ class DEQConfig:
     stop_mode: str = "rel"
     batched: bool = False
     backward_solve: Callable[..., PyTree] | None = None
+    on_failure: str = "warn"
 
     def __post_init__(self) -> None:
+        check_on_failure("DEQConfig", self.on_failure)
         for name in ("jacobian_free", "anderson_acceleration_forward",
                      "anderson_acceleration_backward", "batched"):
             if not isinstance(getattr(self, name), bool):
@@ -110,13 +120,19 @@ class DEQConfig:
                 raise ValueError(f"DEQConfig: {name} must be an int >= 1, got {value!r}.")
         for name in ("beta_anderson_acc_forward", "beta_anderson_acc_backward"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"DEQConfig: {name} must be a float > 0, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 < value < float("inf")
+            ):
+                raise ValueError(f"DEQConfig: {name} must be a finite float > 0, got {value!r}.")
         for name in ("eps_anderson_acc_forward", "eps_anderson_acc_backward", "tol",
                      "tol_backward"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"DEQConfig: {name} must be a float >= 0, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value < float("inf")
+            ):
+                raise ValueError(
+                    f"DEQConfig: {name} must be a finite float >= 0, got {value!r}."
+                )
         if self.stop_mode not in ("abs", "rel"):
             raise ValueError(
                 f"DEQConfig: stop_mode must be 'abs' or 'rel', got {self.stop_mode!r}."
@@ -128,7 +144,7 @@ class DEQConfig:
     def forward_solver(self) -> Callable[..., tuple[PyTree, FixedPointInfo]]:
         """The forward solver ``(f, z0, *args) -> (z, FixedPointInfo)`` this config names."""
         common = dict(maxiter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
-                      batched=self.batched)
+                      batched=self.batched, on_failure="ignore")  # deq reports it by name
         if self.anderson_acceleration_forward:
             return functools.partial(
                 anderson, history_size=self.history_size_forward,
@@ -227,21 +243,35 @@ def deq(
         if args:  # Jacobian-free: one differentiable application of f at the fixed point
             z = f(tree.detach(z), *args)
     else:
-        implicit = custom_root(_residual_fn(f), argnums=tuple(range(1, len(args) + 1)),
-                               solve=cfg.backward_solver())
+        implicit = _custom_root(
+            "deq", _residual_fn(f), tuple(range(1, len(args) + 1)), False,
+            cfg.backward_solver(), cfg.on_failure, "deq (backward)", _BACKWARD_REMEDY,
+        )
         try:
             z = implicit(solver)(z0, *args)
-        except ValueError as err:
-            if "closed-over" not in str(err):
-                raise
-            raise ValueError(
+        except ClosedOverTensorError:
+            raise ClosedOverTensorError(
                 "deq: f uses a tensor that requires grad but is not one of its arguments "
                 "(a closed-over tensor, e.g. a module's parameters); its gradient would be "
                 "lost. Pass it through deq(f, z0, *args) as an argument of f, or use unroll.DEQ "
                 "with an nn.Module."
             ) from None
-    _warn_unconverged("deq (forward)", infos[0], cfg.tol, stacklevel=3)
+    report_fixed_point("deq (forward)", infos[0], cfg.tol, cfg.max_iter, cfg.on_failure,
+                       _FORWARD_REMEDY)
     return (z, infos[0]) if return_info else z
+
+
+_FORWARD_REMEDY = (
+    "The equilibrium map may not be contractive (spectral radius of ∂f/∂z ≥ 1): raise "
+    "DEQConfig(max_iter=...), use anderson_acceleration_forward=True, or make f contractive "
+    "(smaller stepsize, a denoiser with Lipschitz constant < 1)"
+)
+_BACKWARD_REMEDY = (
+    "The adjoint iteration v ← Jᵀv + u did not settle: the gradient is approximate (from the "
+    "last good iterate). Use DEQConfig(anderson_acceleration_backward=True, "
+    "max_iter_backward=...), backward_solve=unroll.linear_solve.solve_gmres, "
+    "jacobian_free=True, or make f contractive"
+)
 
 
 class DEQ(nn.Module):

@@ -34,7 +34,6 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, NamedTuple
@@ -42,7 +41,18 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
-from unroll.linear_solve import ConvergenceWarning, SolveInfo, _host_any
+from unroll._failure import (
+    CONVERGED,
+    DIVERGED,
+    MAX_ITER,
+    NON_FINITE,
+    REASONS,
+    check_on_failure,
+    report,
+)
+from unroll._host import host_any as _host_any
+from unroll._host import host_max, host_values
+from unroll.linear_solve import SolveInfo
 
 PyTree = Any
 
@@ -64,12 +74,21 @@ class FixedPointInfo(NamedTuple):
         residual: the residual (in the solve's ``stop_mode``) at that check.
         converged: whether ``residual ≤ tol``.
         trace: residuals at every convergence check, shape ``(checks,)`` or ``(checks, B)``.
+        reason: why each problem stopped, a code of :data:`unroll.linear_solve.REASONS`
+            (0 converged, 1 max_iter, 3 non_finite, 4 diverged: the residual grew past
+            ``DIVERGENCE_FACTOR`` times its first value; the last good iterate is returned).
     """
 
     num_iter: torch.Tensor
     residual: torch.Tensor
     converged: torch.Tensor
     trace: torch.Tensor
+    reason: torch.Tensor
+
+
+DIVERGENCE_FACTOR = 1e4
+"""A fixed-point solve whose residual grows past this factor times its first checked value is
+stopped as diverged (per problem), before its iterates overflow."""
 
 
 # =========================================================================== validation
@@ -241,6 +260,9 @@ class _Checks:
         self.next = every or 1
         self.last: tuple[int, float] | None = None
         self.done: torch.Tensor | None = None
+        self.failed: torch.Tensor | None = None  # per problem: diverged or non-finite
+        self.first: torch.Tensor | None = None
+        self.good: list[torch.Tensor] | None = None  # last checked iterate of each problem
         self.any_done = False
         self.trace: list[torch.Tensor] = []
         self.conv: list[torch.Tensor] = []
@@ -249,23 +271,46 @@ class _Checks:
     def due(self, k: int) -> bool:
         return k >= self.next or k == self.maxiter
 
-    def record(self, k: int, r: torch.Tensor, thr: Any) -> bool:
-        """Record the residuals ``r`` of iteration ``k``; True when the loop should stop."""
+    def record(self, k: int, r: torch.Tensor, thr: Any, fz: list[torch.Tensor]) -> bool:
+        """Record the residuals ``r`` of iteration ``k`` (``fz``: that iteration's output);
+        True when the loop should stop. A problem whose residual is NaN/Inf or grew past
+        ``DIVERGENCE_FACTOR`` times its first value stops (``failed``); the last checked
+        iterate that was neither is kept in ``good``."""
         r = r.detach()
-        converged = r <= thr
+        if self.first is None:
+            self.first = r
+            self.failed = torch.zeros_like(r, dtype=torch.bool)
+        bad = ~(r <= DIVERGENCE_FACTOR * self.first) & ~(r <= thr)  # NaN-safe
+        if self.done is not None:
+            bad = bad & ~self.done
+        self.failed = self.failed | bad
+        converged = (r <= thr) & ~self.failed
         self.done = converged if self.done is None else self.done | converged
+        ok = ~self.failed
+        self.good = list(fz) if self.good is None else [
+            torch.where(_expand(ok, f), f, g) for f, g in zip(fz, self.good)
+        ]
         self.trace.append(r)
         self.conv.append(converged)
         self.ks.append(k)
-        worst = _host_max((r / thr).masked_fill(self.done, 0))
+        stopped = self.done | self.failed
+        worst = host_max((r / thr).masked_fill(stopped, 0))
         if worst is not None and worst <= 1:
             return True
-        if worst is not None and not math.isfinite(worst) and _host_any(~torch.isfinite(r)):
-            return True  # diverged (NaN / Inf): stop, reported as not converged
         if not self.any_done:
-            self.any_done = _host_any(self.done)
+            self.any_done = _host_any(stopped)
         self._plan(k, worst)
         return False
+
+    def stopped(self) -> torch.Tensor | None:
+        """Problems to freeze: converged, diverged or non-finite."""
+        return self.done if self.failed is None else self.done | self.failed
+
+    def output(self, z: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The final iterate, with failed problems at their last good checked iterate."""
+        if self.failed is None or self.good is None:
+            return z
+        return [torch.where(_expand(self.failed, a), g, a) for a, g in zip(z, self.good)]
 
     def _plan(self, k: int, worst: float | None) -> None:
         if self.every is not None or worst is None:
@@ -290,8 +335,12 @@ class _Checks:
         ks = torch.tensor(self.ks, device=trace.device)
         ks = ks.reshape(-1, *([1] * (trace.dim() - 1))).expand(trace.shape)
         index = first.unsqueeze(0)
-        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0),
-                              torch.gather(trace, 0, index).squeeze(0), self.done, trace)
+        residual = torch.gather(trace, 0, index).squeeze(0)
+        code = torch.where(self.done, CONVERGED, MAX_ITER)
+        code = torch.where(self.failed & torch.isfinite(residual), DIVERGED, code)
+        code = torch.where(self.failed & ~torch.isfinite(residual), NON_FINITE, code)
+        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0), residual, self.done,
+                              trace, code)
 
 
 # =========================================================================== plain iteration
@@ -309,17 +358,17 @@ def _iterate(
         if checks.due(k):
             zl, fl = fmap.leaves(z), fmap.leaves(fz)
             res = _norm([a - b for a, b in zip(fl, zl)], batched)
-            finished = checks.record(k, *stop(res, fl))
+            finished = checks.record(k, *stop(res, fl), fl)
             z = fz if frozen is None else fmap.pack(_freeze(frozen, zl, fl))
             if finished:
                 break
             if checks.any_done:
-                frozen = checks.done
+                frozen = checks.stopped()
         elif frozen is not None:
             z = fmap.pack(_freeze(frozen, fmap.leaves(z), fmap.leaves(fz)))
         else:
             z = fz
-    return z, checks.info()
+    return fmap.pack(checks.output(fmap.leaves(z))), checks.info()
 
 
 def fixed_point_iteration(
@@ -331,6 +380,7 @@ def fixed_point_iteration(
     stop_mode: str = "rel",
     batched: bool = False,
     check_every: int | None = None,
+    on_failure: str = "warn",
 ) -> tuple[PyTree, FixedPointInfo]:
     r"""Plain fixed-point iteration :math:`z_{k+1} = f(z_k, \text{args})`.
 
@@ -352,6 +402,12 @@ def fixed_point_iteration(
             per-sample residuals, converged samples freeze.
         check_every: iterations between host-side convergence checks (default ``None``:
             adaptive, see the module docstring).
+        on_failure: a solve that stops at ``maxiter`` above ``tol``, diverges (residual past
+            ``DIVERGENCE_FACTOR`` times its first value) or meets NaN/Inf returns its last good
+            iterate and, with ``"warn"`` (default), emits a
+            :class:`~unroll.linear_solve.ConvergenceWarning` once per cause and call site;
+            ``"raise"`` raises :class:`~unroll.linear_solve.ConvergenceError`; ``"ignore"``
+            leaves it to ``FixedPointInfo.reason``.
 
     Returns:
         ``(z, FixedPointInfo(num_iter, residual, converged, trace))``.
@@ -371,8 +427,11 @@ def fixed_point_iteration(
     if stop_mode not in _STOP_MODES:
         raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
     _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
+    check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
-    return _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every)
+    z, info = _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every)
+    report_fixed_point(name, info, tol, maxiter, on_failure)
+    return z, info
 
 
 # =========================================================================== Anderson
@@ -455,10 +514,10 @@ def _anderson(
         g = fx - x
         if checks.due(k):
             res = torch.linalg.vector_norm(g, dim=1 if batched else None)
-            if checks.record(k, *stop(res, fz)) or k == maxiter:
+            if checks.record(k, *stop(res, fz), fz) or k == maxiter:
                 break
             if checks.any_done:
-                frozen = checks.done.reshape(-1, 1)
+                frozen = checks.stopped().reshape(-1, 1)
         slot = (k - 1) % history_size
         if fs is None:
             fs = fx.unsqueeze(1).repeat(1, history_size, 1)
@@ -483,7 +542,7 @@ def _anderson(
                 hist = fs[:, :n] if beta == 1 else fs[:, :n] - (1 - beta) * gs[:, :n]
                 x_new = (alpha.transpose(1, 2) * hist).sum(dim=1)
         x = x_new if frozen is None else torch.where(frozen, x, x_new)
-    return fmap.pack(fz), checks.info()
+    return fmap.pack(checks.output(fz)), checks.info()
 
 
 def anderson(
@@ -498,6 +557,7 @@ def anderson(
     stop_mode: str = "rel",
     batched: bool = False,
     check_every: int | None = None,
+    on_failure: str = "warn",
 ) -> tuple[PyTree, FixedPointInfo]:
     r"""Anderson acceleration (type II) of the fixed-point iteration of ``f``.
 
@@ -524,7 +584,7 @@ def anderson(
         beta: damping ``β > 0`` of the mixed step (``1`` = undamped).
         ridge: relative Tikhonov weight ``≥ 0`` (see above).
         maxiter: cap on evaluations of ``f``.
-        tol, stop_mode, batched, check_every: as :func:`fixed_point_iteration`.
+        tol, stop_mode, batched, check_every, on_failure: as :func:`fixed_point_iteration`.
 
     Returns:
         ``(z, FixedPointInfo)``; ``z`` is ``f`` of the last checked iterate.
@@ -545,9 +605,12 @@ def anderson(
         raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
     _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
     _check_anderson(name, history_size, beta, ridge)
+    check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
-    return _anderson(fmap, list(fmap.leaves0), maxiter, _stop_rule(stop_mode, tol, batched),
-                     batched, check_every, history_size, beta, ridge)
+    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, _stop_rule(stop_mode, tol, batched),
+                        batched, check_every, history_size, beta, ridge)
+    report_fixed_point(name, info, tol, maxiter, on_failure)
+    return z, info
 
 
 # =========================================================================== linear solvers
@@ -604,56 +667,47 @@ def _linear_setup(
 
 
 def _linear_finish(
-    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor,
-    warn: bool | None, return_info: bool,
+    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor, maxiter: int,
+    on_failure: str, return_info: bool,
 ):
-    if warn if warn is not None else not return_info:
-        _warn_unconverged(name, info, thresh)
-    x = z
+    report_fixed_point(name, info, thresh, maxiter, on_failure)
     if return_info:
-        return x, SolveInfo(info.num_iter, info.residual, info.converged)
-    return x
+        return z, SolveInfo(info.num_iter, info.residual, info.converged, info.reason)
+    return z
 
 
-def _warn_unconverged(
-    name: str, info: FixedPointInfo, tol: float | torch.Tensor, stacklevel: int = 4
+_FP_REMEDY = (
+    "The map may not be contractive (spectral radius of its Jacobian ≥ 1): raise the "
+    "iteration cap, use Anderson acceleration, or regularise the model"
+)
+_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
+
+
+def report_fixed_point(
+    name: str, info: FixedPointInfo, tol: float | torch.Tensor, maxiter: int, on_failure: str,
+    remedy: str = _FP_REMEDY,
 ) -> None:
-    """Warn (:class:`ConvergenceWarning`) with the worst residual when a solve did not
-    converge; says "diverged" when the residual is not finite or grew more than tenfold."""
-    if not _host_any(~info.converged):
+    """Apply the failure policy (:mod:`unroll._failure`) to a fixed-point solve: the most
+    severe cause (non-finite > diverged > max_iter) with its residual and the remedy."""
+    if on_failure == "ignore" or not _host_any(info.reason != CONVERGED):
         return
-    worst = _host_max(info.residual.masked_fill(info.converged, 0))
-    first = _host_max(info.trace[0])
-    tol_v = _host_max(tol) if isinstance(tol, torch.Tensor) else tol
-    if worst is None or first is None or tol_v is None:
-        return
-    if not math.isfinite(worst) or worst > 10 * first:
-        what = f"diverged (residual {worst:.3e}, from {first:.3e})"
+    codes = [int(c) for c in host_values(info.reason)]
+    res, first = host_values(info.residual), host_values(info.trace[0])
+    failed = [c for c in codes if c != CONVERGED]
+    worst = max(failed, key=lambda c: (c == NON_FINITE, c == DIVERGED, c))
+    where = f" in {len(failed)} of {len(codes)} problems" if len(codes) > 1 else ""
+    pick = [(r, f) for r, f, c in zip(res, first, codes) if c == worst]
+    r, r0 = max(pick, key=lambda t: t[0] if math.isfinite(t[0]) else math.inf)
+    if worst == NON_FINITE:
+        detail = f"met NaN or Inf{where}; the last finite iterate is returned"
+    elif worst == DIVERGED:
+        detail = (f"diverged{where} (residual {r:.3e}, from {r0:.3e}); the last good "
+                  "iterate is returned")
     else:
-        steps = _host_max(info.num_iter)
-        what = (f"did not converge in {steps:.0f} iterations (residual {worst:.3e} > "
-                f"tol {tol_v:.3e})")
-    warnings.warn(
-        f"{name}: {what}. The map may not be contractive (spectral radius of ∂f/∂z ≥ 1); "
-        "raise the iteration cap, use Anderson acceleration, or regularise the model.",
-        ConvergenceWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def _host_max(t: torch.Tensor) -> float | None:
-    """``float(t.max())`` on the host; inside ``vmap`` asks the whole underlying batch."""
-    t = t.detach()
-    funct = torch._C._functorch
-    try:
-        return float(t.max())
-    except RuntimeError:
-        while funct.is_functorch_wrapped_tensor(t):
-            t = funct.get_unwrapped(t)
-        try:
-            return float(t.max())
-        except RuntimeError:
-            return None
+        tol_v = host_max(tol) if isinstance(tol, torch.Tensor) else tol
+        detail = (f"stopped at max_iter={maxiter}{where} with residual {r:.3e} above "
+                  f"tol={tol_v:.3e}")
+    report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
 
 
 def solve_fixed_point(
@@ -668,7 +722,7 @@ def solve_fixed_point(
     batched: bool = False,
     return_info: bool = False,
     check_every: int | None = None,
-    warn: bool | None = None,
+    on_failure: str = "warn",
 ) -> PyTree:
     r"""Richardson (fixed-point) iteration for a linear system :math:`(A + \rho I)x = b`.
 
@@ -688,9 +742,11 @@ def solve_fixed_point(
         batched: the leading dimension of every leaf is a batch of independent systems.
         return_info: also return :class:`unroll.linear_solve.SolveInfo`.
         check_every: iterations between host convergence checks (default adaptive).
-        warn: emit a :class:`~unroll.linear_solve.ConvergenceWarning` with the residual when
-            not converged (default: unless ``return_info``, whose caller checks the info, as
-            :func:`unroll.implicit.root_vjp` does).
+        on_failure: a solve that stops at ``maxiter`` above the tolerance, diverges (its
+            residual grows past ``DIVERGENCE_FACTOR`` times the first; the last good iterate is
+            returned) or meets NaN/Inf: ``"warn"`` (a
+            :class:`~unroll.linear_solve.ConvergenceWarning` once per cause and call site),
+            ``"raise"`` (:class:`~unroll.linear_solve.ConvergenceError`) or ``"ignore"``.
 
     Returns:
         ``x``, or ``(x, SolveInfo)``.
@@ -710,8 +766,9 @@ def solve_fixed_point(
     fmap, stop, every, thresh = _linear_setup(
         name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
     )
+    check_on_failure(name, on_failure)
     z, info = _iterate(fmap, maxiter, stop, batched, every)
-    return _linear_finish(name, z, info, thresh, warn, return_info)
+    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
 
 
 def solve_anderson(
@@ -726,7 +783,7 @@ def solve_anderson(
     batched: bool = False,
     return_info: bool = False,
     check_every: int | None = None,
-    warn: bool | None = None,
+    on_failure: str = "warn",
     history_size: int = 5,
     beta: float = 1.0,
     anderson_ridge: float = 1e-4,
@@ -739,8 +796,8 @@ def solve_anderson(
     ``history_size`` steps.
 
     Args:
-        matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info, check_every, warn:
-            as :func:`solve_fixed_point`.
+        matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+            on_failure: as :func:`solve_fixed_point`.
         history_size: Anderson window ``m``.
         beta: Anderson damping.
         anderson_ridge: relative Tikhonov weight of the mixing problem (``ridge`` of
@@ -764,6 +821,7 @@ def solve_anderson(
     fmap, stop, every, thresh = _linear_setup(
         name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
     )
+    check_on_failure(name, on_failure)
     z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, every, history_size,
                         beta, anderson_ridge)
-    return _linear_finish(name, z, info, thresh, warn, return_info)
+    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)

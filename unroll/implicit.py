@@ -26,19 +26,48 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from unroll import tree
-from unroll.linear_solve import ConvergenceWarning, _host_any, solve_cg, solve_gmres
+from unroll._failure import check_on_failure, report
+from unroll._host import host_any as _host_any
+from unroll.linear_solve import SolveInfo, report_failure, solve_cg, solve_gmres
 
 PyTree = Any
 Solve = Callable[..., PyTree]
 
-__all__ = ["root_vjp", "root_jvp", "custom_root", "custom_fixed_point", "ImplicitModule"]
+__all__ = [
+    "root_vjp",
+    "root_jvp",
+    "custom_root",
+    "custom_fixed_point",
+    "ImplicitModule",
+    "ClosedOverTensorError",
+]
+
+
+class ClosedOverTensorError(ValueError):
+    """The optimality (or fixed-point) function uses a tensor that requires grad but is not
+    one of its arguments; its gradient would silently be lost."""
+
+
+class _Report(NamedTuple):
+    """How a backward (or forward-mode) linear solve reports failures: under which name,
+    with which policy (``None``: the solver's own ``on_failure`` if it was configured with
+    one, else ``"warn"``) and remedy."""
+
+    label: str
+    on_failure: str | None = None
+    remedy: str = ""
+
+
+_SOLVE_REMEDY = (
+    "The gradient is inexact. Pass solve=functools.partial(solver, maxiter=..., rtol=...) with "
+    "more iterations, or a solver suited to the Jacobian (solve_gmres for a non-symmetric one)"
+)
 
 
 # =========================================================================== pure rules
@@ -64,36 +93,38 @@ def _split_tensors(args: Sequence[PyTree]):
     return tensors, rebuild, scatter
 
 
-def _call_solve(solve: Solve, matvec: Callable, b: PyTree, what: str) -> PyTree:
-    """``solve(matvec, b)``, asking for diagnostics when the solver supports them and warning
-    when the linear system was not solved to its tolerance."""
+def _call_solve(solve: Solve, matvec: Callable, b: PyTree, rep: _Report) -> PyTree:
+    """``solve(matvec, b)`` under the failure policy: the solver is asked for diagnostics
+    (and to stay quiet) when it supports them, and a failure is reported under
+    ``rep.label`` — the name the user knows (``custom_root backward``, ``deq (backward)``)."""
+    policy = rep.on_failure or _configured_policy(solve)
     if not _accepts(solve, "return_info"):
-        return solve(matvec, b)
-    x, info = solve(matvec, b, return_info=True)
-    if _host_any(~info.converged):
-        res = info.residual_norm.detach()
-        while torch._C._functorch.is_functorch_wrapped_tensor(res):
-            res = torch._C._functorch.get_unwrapped(res)
-        warnings.warn(
-            f"{what}: the linear solve did not converge (residual {float(res.max()):.3e} after "
-            f"{int(_unwrap(info.num_iter).max())} iterations); the gradient may be inaccurate. "
-            "Pass solve=functools.partial(solver, maxiter=..., rtol=...) with more iterations "
-            "or a better-suited solver.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+        x = solve(matvec, b)
+        if _host_any(torch.stack([~torch.isfinite(t).all() for t in tree.leaves(x)])):
+            report(rep.label, "non_finite", "the linear solve returned NaN or Inf",
+                   (rep.remedy or _SOLVE_REMEDY) + ".", policy)
+        return x
+    kwargs: dict[str, Any] = {"return_info": True}
+    if _accepts(solve, "on_failure"):
+        kwargs["on_failure"] = "ignore"  # reported here, under the user's name for it
+    x, info = solve(matvec, b, **kwargs)
+    if isinstance(info, SolveInfo):
+        report_failure(rep.label, info, policy, remedy=rep.remedy or _SOLVE_REMEDY)
     return x
 
 
-def _unwrap(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach()
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
-    return t
+def _configured_policy(solve: Solve) -> str:
+    """The ``on_failure`` a ``functools.partial`` solver was configured with, else "warn"."""
+    while isinstance(solve, functools.partial):
+        if "on_failure" in solve.keywords:
+            return check_on_failure("solve", solve.keywords["on_failure"])
+        solve = solve.func
+    return "warn"
 
 
-@functools.lru_cache(maxsize=256)
-def _accepts_cached(fn: Callable, name: str) -> bool:
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` (no cache: a cache would keep every solver
+    closure, and the tensors it captures, alive)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -101,11 +132,18 @@ def _accepts_cached(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return _accepts_cached(fn, name)
-    except TypeError:  # unhashable callable
-        return _accepts_cached.__wrapped__(fn, name)
+def _nonfinite_cotangent(leaves: list[torch.Tensor], rep: _Report) -> bool:
+    """Report an incoming cotangent holding NaN/Inf (one host sync); True when it does."""
+    checks = [~torch.isfinite(t).all() for t in leaves if isinstance(t, torch.Tensor)]
+    if not checks or not _host_any(torch.stack(checks)):
+        return False
+    report(rep.label, "non_finite",
+           "the incoming gradient already holds NaN or Inf (produced upstream of this "
+           "implicit layer), so the gradient it returns is NaN",
+           "Find where the NaN starts (torch.autograd.set_detect_anomaly(True)); if an outer "
+           "DEQ or solver diverged, see its warning.",
+           rep.on_failure or "warn")
+    return True
 
 
 def _check_structure(api: str, out: PyTree, sol: PyTree) -> None:
@@ -124,6 +162,8 @@ def root_vjp(
     args: Sequence[PyTree],
     cotangent: PyTree,
     solve: Solve = solve_cg,
+    *,
+    on_failure: str | None = None,
 ) -> tuple[PyTree, ...]:
     r"""Vector-Jacobian product of a root ``x*(θ)`` of ``F(x, *args) = 0`` w.r.t. ``args``.
 
@@ -139,6 +179,9 @@ def root_vjp(
         solve: a linear solver ``solve(matvec, b) -> x`` (see :mod:`unroll.linear_solve`);
             ``solve_cg`` needs a symmetric positive-definite ``∂ₓF`` (e.g. a Hessian),
             otherwise use ``solve_gmres`` / ``solve_normal_cg``.
+        on_failure: when the linear solve stops short, breaks down or meets NaN/Inf (or the
+            cotangent holds NaN/Inf): ``"warn"``, ``"raise"`` or ``"ignore"``; default: the
+            ``on_failure`` the solver was configured with by ``functools.partial``, else warn.
 
     Returns:
         A tuple with one pytree per element of ``args``: tensors where the argument has a
@@ -152,6 +195,13 @@ def root_vjp(
         >>> root_vjp(F, 1 / a, (a,), torch.tensor(1.0))
         (tensor(-0.2500),)
     """
+    if on_failure is not None:
+        check_on_failure("root_vjp", on_failure)
+    return _root_vjp(optimality_fn, sol, args, cotangent, solve,
+                     _Report("root_vjp", on_failure))
+
+
+def _root_vjp(optimality_fn, sol, args, cotangent, solve, rep: _Report) -> tuple[PyTree, ...]:
     sol_leaves, sol_spec = tree.flatten(sol)
     tensors, rebuild, scatter = _split_tensors(args)
 
@@ -165,7 +215,10 @@ def root_vjp(
     def matvec(u: PyTree) -> PyTree:
         return tree.unflatten(sol_spec, list(vjp_sol(tree.leaves(u))))
 
-    u = _call_solve(solve, matvec, tree.neg(cotangent), "root_vjp")
+    if _nonfinite_cotangent(tree.leaves(cotangent), rep):
+        u = tree.map(lambda c: torch.full_like(c, float("nan")), cotangent)
+    else:
+        u = _call_solve(solve, matvec, tree.neg(cotangent), rep)
     if not tensors:
         return scatter([])
     _, vjp_args = torch.func.vjp(
@@ -180,6 +233,8 @@ def root_jvp(
     args: Sequence[PyTree],
     tangents: Sequence[PyTree],
     solve: Solve = solve_cg,
+    *,
+    on_failure: str | None = None,
 ) -> PyTree:
     r"""Jacobian-vector product of a root ``x*(θ)`` of ``F(x, *args) = 0``.
 
@@ -192,6 +247,7 @@ def root_jvp(
         tangents: one tangent pytree per element of ``args`` (``None`` leaves, or a ``None``
             tangent for a whole argument, mean zero).
         solve: linear solver for ``∂ₓF`` (not transposed).
+        on_failure: as :func:`root_vjp`.
 
     Returns:
         ``ẋ``, shaped like ``sol``.
@@ -204,6 +260,13 @@ def root_jvp(
         >>> root_jvp(F, 1 / a, (a,), (torch.tensor(1.0),))
         tensor(-0.2500)
     """
+    if on_failure is not None:
+        check_on_failure("root_jvp", on_failure)
+    return _root_jvp(optimality_fn, sol, args, tangents, solve,
+                     _Report("root_jvp", on_failure))
+
+
+def _root_jvp(optimality_fn, sol, args, tangents, solve, rep: _Report) -> PyTree:
     args = tuple(args)
     if len(tangents) != len(args):
         raise ValueError(
@@ -229,7 +292,7 @@ def root_jvp(
         return tree.unflatten(sol_spec, list(_jvp(f_sol, tuple(sol_leaves), tuple(tree.leaves(v)))))
 
     b = tree.unflatten(sol_spec, [-r for r in rhs])
-    return _call_solve(solve, matvec, b, "root_jvp")
+    return _call_solve(solve, matvec, b, rep)
 
 
 def _jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
@@ -242,7 +305,7 @@ def _jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
 def _tangent_leaves(args: tuple, tangents: Sequence[PyTree], tensors: list[torch.Tensor]):
     """Align ``tangents`` with the floating tensor leaves of ``args`` (zeros where missing)."""
     out: list[torch.Tensor] = []
-    for arg, tan in zip(args, tangents):
+    for i, (arg, tan) in enumerate(zip(args, tangents)):
         a_leaves = tree.leaves(arg)
         if tan is None:
             t_leaves: list[Any] = [None] * len(a_leaves)
@@ -250,10 +313,21 @@ def _tangent_leaves(args: tuple, tangents: Sequence[PyTree], tensors: list[torch
             t_leaves, _ = tree.flatten(tan)
             if len(t_leaves) != len(a_leaves):  # None leaves were dropped by optree
                 t_leaves = _fill_none(arg, tan)
+        if len(t_leaves) != len(a_leaves):
+            raise ValueError(
+                f"root_jvp: tangents[{i}] does not have the structure of args[{i}] (got "
+                f"{tree.structure(tan)} for {tree.structure(arg)}); pass a tangent pytree "
+                "shaped like each argument (None, or a None leaf, for a zero tangent)."
+            )
         for a, t in zip(a_leaves, t_leaves):
             if isinstance(a, torch.Tensor) and (a.is_floating_point() or a.is_complex()):
+                if t is not None and (not isinstance(t, torch.Tensor) or t.shape != a.shape):
+                    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise ValueError(
+                        f"root_jvp: a tangent leaf of args[{i}] has shape {got} where the "
+                        f"argument has {tuple(a.shape)}; tangents must be shaped like args."
+                    )
                 out.append(torch.zeros_like(a) if t is None else t)
-    assert len(out) == len(tensors)
     return out
 
 
@@ -271,7 +345,9 @@ class _Plan:
     are rebuilt from their differentiable tensor leaves by ``rebuild_diff``.
     """
 
-    def __init__(self, optimality_fn, solve, sol_spec, n_sol, rest, nums, rebuild_diff):
+    def __init__(self, optimality_fn, solve, sol_spec, n_sol, rest, nums, rebuild_diff,
+                 report: _Report):
+        self.report = report
         self.optimality_fn = optimality_fn
         self.solve = solve
         self.sol_spec = sol_spec
@@ -298,12 +374,13 @@ class _Plan:
             [torch.zeros_like(s) if c is None else c for s, c in zip(sol_leaves, cotangents)],
         )
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
-        return list(root_vjp(self._bound(), sol, tuple(arg_tensors), cot, self.solve))
+        return list(_root_vjp(self._bound(), sol, tuple(arg_tensors), cot, self.solve,
+                              self.report))
 
     def jvp(self, sol_leaves, arg_tensors, tangents):
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
         tan = tuple(torch.zeros_like(a) if t is None else t for a, t in zip(arg_tensors, tangents))
-        out = root_jvp(self._bound(), sol, tuple(arg_tensors), tan, self.solve)
+        out = _root_jvp(self._bound(), sol, tuple(arg_tensors), tan, self.solve, self.report)
         return tree.leaves(out)
 
 
@@ -391,6 +468,37 @@ def _bind(api: str, optimality_fn: Callable, solver: Callable, args: tuple, kwar
     )
 
 
+def _check_signature(api: str, optimality_fn: Callable, n_args: int) -> None:
+    """The optimality function must accept ``(params, *args)`` as the solver was called."""
+    try:
+        sig = inspect.signature(optimality_fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*([None] * (n_args + 1)))
+    except TypeError as err:
+        raise TypeError(
+            f"{api}: optimality_fn{sig} cannot take (params, *args) with the solver's "
+            f"{n_args} argument(s) after init_params ({err}); give it the signature "
+            "F(params, *args) with the solver's arguments in the same order."
+        ) from None
+
+
+def _check_solution(api: str, init: PyTree, sol_leaves: list, sol_spec: Any) -> None:
+    """The solver's output must be shaped like ``init_params`` when those are given."""
+    init_leaves, init_spec = tree.flatten(init)
+    if not init_leaves or not all(isinstance(t, torch.Tensor) for t in init_leaves):
+        return
+    shapes = [tuple(t.shape) for t in sol_leaves]
+    want = [tuple(t.shape) for t in init_leaves]
+    if init_spec != sol_spec or shapes != want:
+        raise ValueError(
+            f"{api}: the solver returned params with leaf shapes {shapes} where init_params "
+            f"has {want}; the solver must return a pytree shaped like init_params (its "
+            "initial guess)."
+        )
+
+
 def _closure_check(api: str, plan: _Plan, sol_leaves, args_all) -> None:
     """Reject optimality functions that depend on a tensor requiring grad that they close over
     (its gradient would silently be lost)."""
@@ -403,7 +511,7 @@ def _closure_check(api: str, plan: _Plan, sol_leaves, args_all) -> None:
     out = plan.optimality_fn(sol, *detached_args)
     _check_structure(api, out, sol)
     if any(isinstance(o, torch.Tensor) and o.requires_grad for o in tree.leaves(out)):
-        raise ValueError(
+        raise ClosedOverTensorError(
             f"{api}: optimality_fn uses a tensor that requires grad but is not one of its "
             "arguments (a closed-over tensor); its gradient would be lost. Pass it as an "
             "argument of the solver and optimality_fn and list its position in argnums."
@@ -415,6 +523,7 @@ def custom_root(
     argnums: int | Sequence[int] = 1,
     has_aux: bool = False,
     solve: Solve = solve_cg,
+    on_failure: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     r"""Decorator attaching implicit differentiation to a root-finding / minimisation solver.
 
@@ -435,8 +544,13 @@ def custom_root(
             arguments are treated as constants.
         has_aux: the solver returns ``(params, aux)``; ``aux`` is passed through detached.
         solve: linear solver for the backward system ``(∂ₓF)ᵀ u = −x̄``, e.g.
-            ``functools.partial(solve_cg, rtol=1e-8)``. A solve that reports
-            ``return_info`` and does not converge triggers a :class:`ConvergenceWarning`.
+            ``functools.partial(solve_cg, rtol=1e-8)``.
+        on_failure: when the backward solve stops short of its tolerance, breaks down or
+            meets NaN/Inf (or the incoming gradient holds NaN/Inf): ``"warn"`` (a
+            :class:`~unroll.linear_solve.ConvergenceWarning` named ``custom_root backward``,
+            once per cause and call site), ``"raise"``
+            (:class:`~unroll.linear_solve.ConvergenceError`) or ``"ignore"``. Default: the
+            ``on_failure`` ``solve`` was configured with, else ``"warn"``.
 
     Returns:
         A decorator; the decorated solver has the same call signature.
@@ -461,7 +575,7 @@ def custom_root(
     References:
         Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022.
     """
-    return _decorator("custom_root", optimality_fn, argnums, has_aux, solve)
+    return _custom_root("custom_root", optimality_fn, argnums, has_aux, solve, on_failure)
 
 
 def custom_fixed_point(
@@ -469,6 +583,7 @@ def custom_fixed_point(
     argnums: int | Sequence[int] = 1,
     has_aux: bool = False,
     solve: Solve = solve_gmres,
+    on_failure: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     r"""Decorator attaching implicit differentiation to a fixed-point solver.
 
@@ -480,7 +595,7 @@ def custom_fixed_point(
 
     Args:
         fixed_point_fn: ``T(params, *args)`` returning a pytree shaped like ``params``.
-        argnums, has_aux: as :func:`custom_root`.
+        argnums, has_aux, on_failure: as :func:`custom_root`.
         solve: linear solver for the (non-symmetric) backward system; default
             :func:`~unroll.linear_solve.solve_gmres`.
 
@@ -506,10 +621,17 @@ def custom_fixed_point(
 
     functools.update_wrapper(optimality_fn, fixed_point_fn)
     optimality_fn.__wrapped__ = fixed_point_fn  # signature binding uses T's names
-    return _decorator("custom_fixed_point", optimality_fn, argnums, has_aux, solve)
+    return _custom_root("custom_fixed_point", optimality_fn, argnums, has_aux, solve,
+                        on_failure)
 
 
-def _decorator(api, optimality_fn, argnums, has_aux, solve):
+def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, label=None,
+                 remedy=""):
+    """:func:`custom_root` with the name (``label``) and remedy its backward failures are
+    reported under (``deq`` passes ``"deq (backward)"``)."""
+    if on_failure is not None:
+        check_on_failure(api, on_failure)
+    report_as = _Report(label or f"{api} backward", on_failure, remedy)
     if not callable(optimality_fn):
         raise TypeError(f"{api}: optimality_fn must be callable F(params, *args).")
     if not callable(solve):
@@ -526,6 +648,7 @@ def _decorator(api, optimality_fn, argnums, has_aux, solve):
         @functools.wraps(solver)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             full = _bind(api, optimality_fn, solver, args, kwargs)
+            _check_signature(api, optimality_fn, len(full) - 1)
             if max(nums) >= len(full):
                 raise ValueError(
                     f"{api}: argnums={argnums!r} is out of range for a call with "
@@ -545,11 +668,12 @@ def _decorator(api, optimality_fn, argnums, has_aux, solve):
             if not sol_leaves or not all(isinstance(s, torch.Tensor) for s in sol_leaves):
                 raise TypeError(f"{api}: the solver must return a pytree of tensors (params).")
             sol_leaves = [s.detach() for s in sol_leaves]
+            _check_solution(api, full[0], sol_leaves, sol_spec)
             diff_args = [full[i] for i in nums]
             tensors, rebuild_diff, _ = _split_tensors(diff_args)
 
             plan = _Plan(optimality_fn, solve, sol_spec, len(sol_leaves), full[1:], nums,
-                         rebuild_diff)
+                         rebuild_diff, report_as)
             _closure_check(api, plan, sol_leaves, full[1:])
             out = _ImplicitIdentity.apply(plan, *sol_leaves, *tensors)
             sol = tree.unflatten(sol_spec, list(out))

@@ -16,10 +16,16 @@ Common keyword options (all keyword-only):
 * ``ridge``: ``ρ`` above.
 * ``rtol``, ``atol``: stop once ``‖b − (A+ρI)x‖ ≤ max(rtol·‖b‖, atol)``;
   ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (equal-work benchmarks).
-* ``maxiter``: iteration cap (default ``10·n`` for ``n`` unknowns per system).
+* ``maxiter``: iteration cap (default ``min(10·n, MAXITER_CAP = 1000)`` for ``n`` unknowns
+  per system).
 * ``batched``: the leading dimension of every leaf indexes independent systems. Inner products,
   step sizes and convergence are then per sample; a converged sample's iterate stops changing.
-* ``return_info``: also return :class:`SolveInfo`.
+* ``return_info``: also return :class:`SolveInfo` (with the reason each system stopped).
+* ``on_failure``: a system that stops at ``maxiter`` above the tolerance, breaks down or meets
+  NaN/Inf is never returned silently: ``"warn"`` (default) emits a :class:`ConvergenceWarning`
+  once per cause and call site (at the caller's line) saying which solve, why, the residual and
+  the remedy; ``"raise"`` raises :class:`ConvergenceError`; ``"ignore"`` leaves it to
+  ``SolveInfo``. After a breakdown or NaN the last finite iterate is returned.
 
 Every solver runs under ``torch.func.vmap`` (it then runs to ``maxiter`` with per-problem
 masked updates, giving the same per-problem results as a loop) and inside ``torch.func.grad``
@@ -35,18 +41,38 @@ References:
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
 from unroll import tree
+from unroll._failure import (
+    BREAKDOWN,
+    CONVERGED,
+    DIVERGED,
+    MAX_ITER,
+    NON_FINITE,
+    REASONS,
+    ConvergenceError,
+    ConvergenceWarning,
+    check_on_failure,
+    report,
+)
+from unroll._host import host_any as _host_any
+from unroll._host import host_values
+from unroll._host import in_vmap as _in_vmap
 
 PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
 
 __all__ = [
     "ConvergenceWarning",
+    "ConvergenceError",
+    "REASONS",
+    "MAXITER_CAP",
+    "DENSE_MAX_UNKNOWNS",
     "SolveInfo",
     "solve_cg",
     "solve_normal_cg",
@@ -58,28 +84,36 @@ __all__ = [
 ]
 
 
-class ConvergenceWarning(UserWarning):
-    """An iterative solve (linear system, fixed point, backward pass) stopped before reaching
-    its tolerance; results derived from it (e.g. gradients) may be inaccurate."""
+MAXITER_CAP = 1000
+"""Default iteration cap of the Krylov solvers: ``min(10·n, MAXITER_CAP)`` for ``n`` unknowns
+per system (a Krylov method that needs more is better preconditioned or regularised)."""
+
+DENSE_MAX_UNKNOWNS = 8192
+"""Largest number of unknowns the dense solvers materialise by default (an ``n × n`` matrix:
+512 MiB in float64 at the cap); pass ``max_unknowns=`` to go beyond, or use a Krylov solver."""
 
 
 class SolveInfo(NamedTuple):
     """Diagnostics of a linear solve (tensors; per sample when ``batched``).
 
     Attributes:
-        num_iter: iterations each system used until it converged (or the cap).
+        num_iter: iterations each system used until it converged (or stopped).
         residual_norm: ``‖b − (A+ρI)x‖`` at return (the recursive residual for CG/BiCGStab).
         converged: whether ``residual_norm ≤ max(rtol·‖b‖, atol)``; always True with
-            ``rtol = atol = 0`` (a fixed number of iterations was asked for, no tolerance).
+            ``rtol = atol = 0`` (a fixed number of iterations was asked for, no tolerance)
+            unless the solve broke down or met NaN/Inf.
+        reason: why each system stopped, a code of :data:`unroll.linear_solve.REASONS`
+            (0 converged, 1 max_iter, 2 breakdown, 3 non_finite, 4 diverged).
     """
 
     num_iter: torch.Tensor
     residual_norm: torch.Tensor
     converged: torch.Tensor
+    reason: torch.Tensor
 
 
 # =========================================================================== validation
-_COMMON = ("init", "ridge", "rtol", "atol", "maxiter", "batched", "return_info")
+_COMMON = ("init", "ridge", "rtol", "atol", "maxiter", "batched", "return_info", "on_failure")
 
 
 def _check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -127,9 +161,14 @@ def _check_args(
                 f"{name}: batched=True needs a leading batch dimension on every leaf of b, "
                 "got a 0-dim tensor."
             )
-    if not (rtol >= 0 and atol >= 0):
-        raise ValueError(f"{name}: rtol and atol must be >= 0, got rtol={rtol}, atol={atol}.")
-    if maxiter is not None and (not isinstance(maxiter, int) or maxiter <= 0):
+    for key, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+            0 <= tol < math.inf
+        ):
+            raise ValueError(f"{name}: {key} must be a finite number >= 0, got {tol!r}.")
+    if maxiter is not None and (
+        isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0
+    ):
         raise ValueError(f"{name}: maxiter must be a positive int or None, got {maxiter!r}.")
     if batched:
         sizes = {leaf.shape[0] for leaf in b_leaves}
@@ -138,33 +177,6 @@ def _check_args(
                 f"{name}: batched=True needs the same leading (batch) size on every leaf of b, "
                 f"got {sorted(sizes)}."
             )
-
-
-def _in_vmap() -> bool:
-    """True when called inside ``torch.func.vmap`` (at any level)."""
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    return any(
-        i.key() == torch._C._functorch.TransformType.Vmap
-        for i in retrieve_all_functorch_interpreters()
-    )
-
-
-def _host_any(t: torch.Tensor) -> bool:
-    """``bool(t.any())`` read on the host, also inside ``torch.func`` transforms.
-
-    Inside ``vmap`` a data-dependent ``bool`` is not allowed; there the functorch wrappers are
-    peeled off and the question is asked of the whole underlying batch (any problem still
-    active keeps every problem iterating, with converged ones frozen by masks, which gives
-    the same per-problem results as a loop).
-    """
-    try:
-        return bool(t) if t.dim() == 0 else bool(t.any())
-    except RuntimeError:
-        funct = torch._C._functorch
-        while funct.is_functorch_wrapped_tensor(t):
-            t = funct.get_unwrapped(t)
-        return bool(t.any())
 
 
 # =========================================================================== the operator
@@ -185,7 +197,10 @@ class _Operator:
             if self.ridge is not None:
                 out = out + self.ridge * leaves[0]
             return [out]
-        out = self.matvec(tree.unflatten(self.spec, leaves))
+        if self.checked:
+            out = self.matvec(tree.unflatten(self.spec, leaves))
+        else:
+            out = _first_call(self.name, self.matvec, tree.unflatten(self.spec, leaves), "b")
         out_leaves, out_spec = tree.flatten(out)
         if not self.checked:
             self._check(out_leaves, out_spec)
@@ -209,26 +224,47 @@ class _Operator:
                     f"{tuple(b.shape)}; A must map x to a pytree shaped like b (for a "
                     "non-square operator use solve_normal_cg)."
                 )
+            if o.dtype != b.dtype:
+                raise TypeError(
+                    f"{self.name}: matvec returned {o.dtype} for b of dtype {b.dtype}; the "
+                    f"operator and b must share a dtype. Convert b with b.to({o.dtype}) or "
+                    f"the operator's tensors with .to({b.dtype})."
+                )
+
+
+def _first_call(name: str, fn: Callable, x: PyTree, what: str) -> PyTree:
+    """``fn(x)``, turning PyTorch's dtype-mismatch errors into one that names the fix."""
+    try:
+        return fn(x)
+    except RuntimeError as err:
+        text = str(err)
+        if isinstance(err, torch.OutOfMemoryError) or not any(
+            word in text for word in ("dtype", "Double", "Float", "Half", "BFloat", "scalar type")
+        ):
+            raise
+        dtypes = sorted({str(t.dtype) for t in tree.leaves(x) if isinstance(t, torch.Tensor)})
+        raise TypeError(
+            f"{name}: matvec failed on {what} of dtype {', '.join(dtypes)} with a dtype "
+            f"mismatch ({text.splitlines()[0]}). The operator's tensors and {what} must share "
+            f"a dtype: convert {what} with .to(...) to the operator's dtype, or the operator's "
+            "tensors (e.g. the matrix) to the dtype of {what}."
+        ) from err
 
 
 def _setup(
-    name: str,
-    matvec: MatVec,
-    b: PyTree,
-    *,
-    init: PyTree | None,
-    ridge: Any,
-    rtol: float,
-    atol: float,
-    maxiter: int | None,
-    batched: bool,
-    real_only: bool,
+    name: str, matvec: MatVec, b: PyTree, opts: _Options, real_only: bool,
     options: dict[str, Any],
-    allowed: tuple[str, ...] = _COMMON,
 ) -> tuple[_Operator, list[torch.Tensor], int]:
-    _check_options(name, options, allowed)
-    op = _Operator(name, matvec, b, ridge)
-    _check_args(name, matvec, op.b_leaves, rtol, atol, maxiter, real_only, batched)
+    _check_options(name, options, _COMMON)
+    init, maxiter, batched = opts.init, opts.maxiter, opts.batched
+    op = _Operator(name, matvec, b, opts.ridge)
+    _check_args(name, matvec, op.b_leaves, opts.rtol, opts.atol, maxiter, real_only, batched)
+    check_on_failure(name, opts.on_failure)
+    ce = opts.check_every
+    if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce <= 0):
+        raise ValueError(f"{name}: check_every must be a positive int or None, got {ce!r}.")
+    if not isinstance(opts.return_info, bool) or not isinstance(batched, bool):
+        raise TypeError(f"{name}: return_info and batched must be True or False.")
     if init is None:
         x0 = [torch.zeros_like(leaf) for leaf in op.b_leaves]
     else:
@@ -236,7 +272,7 @@ def _setup(
         if spec != op.spec or any(a.shape != c.shape for a, c in zip(x0, op.b_leaves)):
             raise ValueError(f"{name}: init must have the structure and shapes of b.")
     n = sum(leaf[0].numel() if batched else leaf.numel() for leaf in op.b_leaves)
-    return op, x0, maxiter if maxiter is not None else 10 * max(n, 1)
+    return op, x0, maxiter if maxiter is not None else min(10 * max(n, 1), MAXITER_CAP)
 
 
 # =========================================================================== inner products
@@ -313,7 +349,7 @@ class _Loop:
         self.maxiter = maxiter
         if check_every is None:
             check_every = 1 if probe.device.type == "cpu" else 8
-        self.check_every = max(int(check_every), 1)
+        self.check_every = check_every
 
     def run(self, step: Callable[[int], torch.Tensor], active: torch.Tensor) -> int:
         """``step(k)`` returns the new ``active`` mask; returns the iterations run."""
@@ -328,6 +364,25 @@ class _Loop:
         return k
 
 
+class _Options(NamedTuple):
+    """The options every solver shares, validated once by :func:`_setup`."""
+
+    init: PyTree | None = None
+    ridge: Any = None
+    rtol: float = 1e-5
+    atol: float = 0.0
+    maxiter: int | None = None
+    batched: bool = False
+    return_info: bool = False
+    check_every: int | None = None
+    on_failure: str = "warn"
+
+    @property
+    def fixed(self) -> bool:
+        """``rtol = atol = 0``: a fixed number of iterations, no tolerance to miss."""
+        return self.rtol == 0 and self.atol == 0
+
+
 class _Start(NamedTuple):
     """What every Krylov solver starts from."""
 
@@ -339,31 +394,38 @@ class _Start(NamedTuple):
     thresh_sq: torch.Tensor
 
 
-def _start(name: str, matvec: MatVec, b: PyTree, init: PyTree | None, ridge: Any, rtol: float,
-           atol: float, maxiter: int | None, batched: bool, check_every: int | None,
-           real_only: bool, options: dict[str, Any]) -> _Start:
+def _start(name: str, matvec: MatVec, b: PyTree, opts: _Options, real_only: bool,
+           options: dict[str, Any]) -> _Start:
     """Validate, then build the operator, initial iterate and residual, and the loop driver."""
-    op, x, maxiter = _setup(
-        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
-        batched=batched, real_only=real_only, options=options,
-    )
+    op, x, maxiter = _setup(name, matvec, b, opts, real_only, options)
     bl = op.b_leaves
-    dots = _Dots(batched, bl)
-    _check_finite(name, bl + x)
-    r = bl if init is None else [bb - ax for bb, ax in zip(bl, op(x))]
-    return _Start(op, x, r, dots, _Loop(bl[0], maxiter, check_every),
-                  _threshold_sq(dots, bl, rtol, atol))
+    dots = _Dots(opts.batched, bl)
+    _check_finite(name, bl, x if opts.init is not None else [])
+    r = bl if opts.init is None else [bb - ax for bb, ax in zip(bl, op(x))]
+    return _Start(op, x, r, dots, _Loop(bl[0], maxiter, opts.check_every),
+                  _threshold_sq(dots, bl, opts.rtol, opts.atol))
 
 
 def _info(
-    num_iter: torch.Tensor | int, res_sq: torch.Tensor, thresh_sq: torch.Tensor, fixed: bool
+    num_iter: torch.Tensor | int,
+    res_sq: torch.Tensor,
+    thresh_sq: torch.Tensor,
+    fixed: bool,
+    failed: torch.Tensor | None = None,
 ) -> SolveInfo:
-    """``fixed``: ``rtol = atol = 0`` asked for a fixed number of iterations, so there is no
-    tolerance to miss and ``converged`` is True (the residual is still reported)."""
+    """Diagnostics from the final squared residuals.
+
+    ``fixed``: ``rtol = atol = 0`` asked for a fixed number of iterations, so there is no
+    tolerance to miss and ``converged`` is True (the residual is still reported) unless the
+    solve failed. ``failed``: per-problem code (0, or ``BREAKDOWN`` / ``NON_FINITE``)."""
     if not isinstance(num_iter, torch.Tensor):
         num_iter = torch.full_like(res_sq, num_iter, dtype=torch.long)
-    converged = torch.ones_like(res_sq, dtype=torch.bool) if fixed else res_sq <= thresh_sq
-    return SolveInfo(num_iter, res_sq.sqrt(), converged)
+    ok = torch.ones_like(res_sq, dtype=torch.bool) if fixed else res_sq <= thresh_sq
+    code = torch.where(ok, CONVERGED, MAX_ITER)
+    if failed is not None:
+        code = torch.where(failed != 0, failed, code)
+    code = torch.where(torch.isfinite(res_sq) | (code != CONVERGED), code, NON_FINITE)
+    return SolveInfo(num_iter, res_sq.sqrt(), code == CONVERGED, code)
 
 
 def _threshold_sq(dots: _Dots, b: list[torch.Tensor], rtol: float, atol: float):
@@ -371,14 +433,64 @@ def _threshold_sq(dots: _Dots, b: list[torch.Tensor], rtol: float, atol: float):
     return torch.clamp(b_sq * rtol**2, min=atol**2)
 
 
-def _finish(spec: Any, x: list[torch.Tensor], return_info: bool, info: SolveInfo):
+_REMEDY = {
+    MAX_ITER: "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a "
+              "better-scaled operator)",
+    NON_FINITE: "The last finite iterate is returned. Check matvec and its inputs for NaN/Inf "
+                "(e.g. a diverging computation upstream)",
+}
+_ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
+
+
+def _finish(name: str, spec: Any, x: list[torch.Tensor], info: SolveInfo, opts: _Options,
+            maxiter: int, breakdown: str = "") -> PyTree:
+    """Apply the failure policy, then return ``x`` (or ``(x, info)``)."""
+    if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
+        report_failure(name, info, opts.on_failure, breakdown, rtol=opts.rtol, atol=opts.atol,
+                       maxiter=maxiter)
     out = tree.unflatten(spec, x)
-    return (out, info) if return_info else out
+    return (out, info) if opts.return_info else out
 
 
-def _check_finite(name: str, leaves: list[torch.Tensor]) -> None:
-    if any(_host_any(~torch.isfinite(t)) for t in leaves):
-        raise ValueError(f"{name}: b (or init) contains NaN or Inf; check the inputs.")
+def report_failure(name: str, info: SolveInfo, on_failure: str, breakdown: str = "",
+                   remedy: str = "", *, rtol: float | None = None, atol: float | None = None,
+                   maxiter: int | None = None) -> None:
+    """Apply the failure policy to the most severe failure in ``info`` (non-finite >
+    breakdown > diverged > max_iter), with its residual and the remedy."""
+    if on_failure == "ignore":
+        return
+    codes = [int(c) for c in host_values(info.reason)]
+    failed = [c for c in codes if c != CONVERGED]
+    if not failed:
+        return
+    res, iters = host_values(info.residual_norm), host_values(info.num_iter)
+    worst = max(failed, key=lambda c: (c == NON_FINITE, c == BREAKDOWN, c == DIVERGED, c))
+    where = f" in {len(failed)} of {len(codes)} systems" if len(codes) > 1 else ""
+    finite = [r for r, c in zip(res, codes) if c == worst and math.isfinite(r)]
+    r = max(finite) if finite else float("nan")
+    if worst == NON_FINITE:
+        detail = f"met NaN or Inf{where}"
+    elif worst == BREAKDOWN:
+        detail = f"{breakdown or 'a zero denominator'}{where} (residual {r:.3e})"
+    elif worst == DIVERGED:
+        detail = f"diverged{where} (residual {r:.3e}); the last good iterate is returned"
+    else:
+        cap = f"at maxiter={maxiter}" if maxiter is not None else (
+            f"after {max(iters):.0f} iteration(s)")
+        tol = "" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})"
+        detail = f"stopped {cap} with residual {r:.3e} above the tolerance{tol}{where}"
+    text = remedy or _REMEDY.get(worst, _REMEDY[MAX_ITER])
+    report(name, REASONS[worst], detail, text + "." + _ON_FAILURE_HINT, on_failure)
+
+
+def _check_finite(name: str, b: list[torch.Tensor], init: list[torch.Tensor]) -> None:
+    for what, leaves in (("b", b), ("init", init)):
+        if any(_host_any(~torch.isfinite(t)) for t in leaves):
+            raise ValueError(
+                f"{name}: {what} contains NaN or Inf; a linear solve needs finite inputs. Check "
+                f"where {what} comes from (if {name} runs inside a backward pass, an upstream "
+                "gradient is already non-finite: look at the warnings before this error)."
+            )
 
 
 # =========================================================================== CG
@@ -394,6 +506,7 @@ def solve_cg(
     batched: bool = False,
     return_info: bool = False,
     check_every: int | None = None,
+    on_failure: str = "warn",
     **options: Any,
 ) -> PyTree:
     r"""Conjugate gradient for a symmetric (Hermitian) positive-definite system.
@@ -406,11 +519,15 @@ def solve_cg(
         init: initial guess (default zeros).
         ridge: ``ρ ≥ 0`` added to the diagonal.
         rtol, atol: stop when ``‖r‖ ≤ max(rtol‖b‖, atol)`` (the recursive residual).
-        maxiter: iteration cap (default ``10 n``).
+        maxiter: iteration cap (default ``min(10 n, MAXITER_CAP)``, ``n`` unknowns).
         batched: leading dimension of every leaf is a batch of independent systems.
         return_info: also return :class:`SolveInfo`.
         check_every: iterations between host-side convergence checks (default 1 on CPU, 8
             elsewhere). Results do not depend on it.
+        on_failure: what to do when a system stops at ``maxiter`` above the tolerance, breaks
+            down (``pᵀAp ≤ 0``: ``A`` is not SPD) or meets NaN/Inf (the last finite iterate is
+            then returned): ``"warn"`` (a :class:`ConvergenceWarning`, once per cause and call
+            site), ``"raise"`` (:class:`ConvergenceError`) or ``"ignore"``.
 
     Returns:
         ``x`` (a pytree like ``b``), or ``(x, SolveInfo)``.
@@ -425,57 +542,118 @@ def solve_cg(
     References:
         Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems", 1952.
     """
-    return _cg("solve_cg", matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info,
-               check_every, options)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+                    on_failure)
+    return _cg("solve_cg", matvec, b, opts, options)
 
 
-def _cg(
-    name: str,
-    matvec: MatVec,
-    b: PyTree,
-    init: PyTree | None,
-    ridge: Any,
-    rtol: float,
-    atol: float,
-    maxiter: int | None,
-    batched: bool,
-    return_info: bool,
-    check_every: int | None,
-    options: dict[str, Any],
-) -> PyTree:
-    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
-                                             batched, check_every, False, options)
-    # Systems are frozen by masks unless one system is checked on the host every iteration.
-    masked = batched or loop.check_every > 1 or _in_vmap()
+_CG_BREAKDOWN = "pᵀAp ≤ 0: the operator is not symmetric positive definite"
+_CG_REMEDY = ("The last iterate before the breakdown is returned. Use solve_gmres or "
+              "solve_bicgstab for a non-symmetric or indefinite operator, solve_normal_cg for a "
+              "singular one, or add ridge=...")
+
+
+def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str, Any]):
+    st = _start(name, matvec, b, opts, False, options)
+    # One system checked on the host every iteration runs unmasked; otherwise systems are
+    # frozen by masks once converged (batched, inside vmap, or checked every k > 1 steps).
+    if opts.batched or st.loop.check_every > 1 or _in_vmap():
+        x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=False)
+        if _host_any(~(rs <= st.thresh_sq) if not opts.fixed else ~torch.isfinite(rs)):
+            # rare: a system stopped short, broke down or met NaN. Run again with per-step
+            # guards, which freeze a failing system at its last finite iterate and say why
+            # (the common path pays nothing for them).
+            x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=True)
+    else:
+        x, rs, count, failed = _cg_single(st)
+    info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
+    if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
+        remedy = _CG_REMEDY if _host_any(info.reason == BREAKDOWN) else ""
+        report_failure(name, info, opts.on_failure, _CG_BREAKDOWN, remedy, rtol=opts.rtol,
+                       atol=opts.atol, maxiter=st.loop.maxiter)
+    out = tree.unflatten(st.op.spec, x)
+    return (out, info) if opts.return_info else out
+
+
+def _cg_single(st: _Start):
+    """CG on one system, its convergence read on the host every iteration (one sync that
+    also reads ``pᵀAp``, so a breakdown or NaN stops the loop at the last finite iterate)."""
+    op, x, r, dots, loop, thresh_sq = st
+    one = dots.single
+    rs = dots.sq(r)
+    thresh, rs_v = torch.stack((thresh_sq.detach(), rs.detach())).tolist()
+    failed = CONVERGED if math.isfinite(rs_v) else NON_FINITE
+    p, k = r, 0
+    while rs_v > thresh and failed == CONVERGED and k < loop.maxiter:
+        ap = op(p)
+        pap = dots.rdot(p, ap)
+        alpha = rs / pap
+        if one:  # broadcast once for both updates
+            alpha = dots.expand(alpha, ap[0])
+        x_new = dots.axpy(alpha, p, x, expanded=one)
+        r = dots.axpy(alpha, ap, r, sign=-1, expanded=one)
+        rs_new = dots.sq(r)
+        pap_v, rs_new_v = torch.stack((pap.detach(), rs_new.detach())).tolist()
+        k += 1
+        if not (0 < pap_v < math.inf):
+            failed = BREAKDOWN if math.isfinite(pap_v) else NON_FINITE
+            break
+        if not math.isfinite(rs_new_v):
+            failed = NON_FINITE
+            break
+        x = x_new
+        p = dots.axpy(rs_new / rs, p, r)
+        rs, rs_v = rs_new, rs_new_v
+    code = torch.full_like(rs, failed, dtype=torch.long)
+    return x, rs, torch.full_like(rs, k, dtype=torch.long), code
+
+
+def _cg_masked(st: _Start, count_iters: bool, guarded: bool):
+    """CG on several systems (or under ``vmap``), converged systems frozen by masks.
+
+    ``guarded``: also freeze a system that breaks down (``pᵀAp ≤ 0``) or meets NaN/Inf at its
+    last finite iterate and record why (``failed``); a few more ops per step.
+    """
+    op, x, r, dots, loop, thresh_sq = st
     tiny = torch.finfo(thresh_sq.dtype).tiny
     one = dots.single
     rs = dots.sq(r)
-    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq,
-         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
+    fin0 = torch.isfinite(rs)
+    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq, "nonfin": ~fin0,
+         "stopped": ~fin0, "count": torch.zeros_like(rs, dtype=torch.long) if count_iters
+         else None}
 
     def step(_: int) -> torch.Tensor:
+        act = s["active"]
         ap = op(s["p"])
-        if masked:  # a frozen (converged) system may have p = 0: guard the divisions
-            alpha = torch.where(s["active"], s["rs"] / (dots.rdot(s["p"], ap) + tiny), 0)
-        else:  # checked every iteration: never called once rs == 0, so p ≠ 0 for SPD A
-            alpha = s["rs"] / dots.rdot(s["p"], ap)
+        pap = dots.rdot(s["p"], ap)
+        ok = act & (pap > 0) if guarded else act  # a frozen system may have p = 0
+        alpha = torch.where(ok, s["rs"] / (pap + tiny), 0)
         if one:  # broadcast once for both updates
             alpha = dots.expand(alpha, ap[0])
         s["x"] = dots.axpy(alpha, s["p"], s["x"], expanded=one)
-        s["r"] = dots.axpy(alpha, ap, s["r"], sign=-1, expanded=one)
-        rs_new = dots.sq(s["r"])
-        beta = rs_new / (s["rs"] + tiny) if masked else rs_new / s["rs"]
-        s["p"] = dots.axpy(beta, s["p"], s["r"])
+        r_new = dots.axpy(alpha, ap, s["r"], sign=-1, expanded=one)
+        rs_new = dots.sq(r_new)
+        if guarded:  # keep the last finite residual (x is kept: alpha = 0)
+            fin = torch.isfinite(rs_new)
+            s["nonfin"] = s["nonfin"] | (act & ~fin)
+            ok = ok & fin
+            s["stopped"] = s["stopped"] | (act & ~ok)
+            r_new = [torch.where(dots.expand(ok, a), a, o) for a, o in zip(r_new, s["r"])]
+            rs_new = torch.where(ok, rs_new, s["rs"])
+        s["r"] = r_new
+        s["p"] = dots.axpy(rs_new / (s["rs"] + tiny), s["p"], r_new)
         if s["count"] is not None:
-            s["count"] = s["count"] + s["active"]
-        s["rs"] = torch.where(s["active"], rs_new, s["rs"]) if masked else rs_new
-        s["active"] = s["rs"] > thresh_sq  # frozen systems keep rs <= thresh
+            s["count"] = s["count"] + act
+        s["rs"] = torch.where(ok, rs_new, s["rs"])
+        # frozen systems keep rs <= thresh; a NaN one drops out here and is caught after
+        s["active"] = ok & (s["rs"] > thresh_sq) if guarded else s["rs"] > thresh_sq
         return s["active"]
 
     k = loop.run(step, s["active"])
-    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq,
-                 rtol == atol == 0)
-    return _finish(op.spec, s["x"], return_info, info)
+    count = s["count"] if s["count"] is not None else k
+    failed = torch.where(s["stopped"], torch.where(s["nonfin"], NON_FINITE, BREAKDOWN), 0)
+    return s["x"], s["rs"], count, failed
 
 
 # =========================================================================== normal CG
@@ -491,6 +669,7 @@ def solve_normal_cg(
     batched: bool = False,
     return_info: bool = False,
     check_every: int | None = None,
+    on_failure: str = "warn",
     **options: Any,
 ) -> PyTree:
     r"""CG on the normal equations, for any (also non-square) linear operator.
@@ -519,14 +698,22 @@ def solve_normal_cg(
         True
     """
     name = "solve_normal_cg"
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+                    on_failure)
     _check_options(name, options, _COMMON)
     b_leaves = tree.leaves(b)
     _check_args(name, matvec, b_leaves, rtol, atol, maxiter, False, batched)
-    _check_finite(name, b_leaves)
+    check_on_failure(name, on_failure)
+    _check_finite(name, b_leaves, [] if init is None else tree.leaves(init))
     example = tree.zeros_like(b) if init is None else tree.zeros_like(init)
     try:
-        out, vjp_fn = torch.func.vjp(matvec, example)
+        out, vjp_fn = _first_call(name, lambda e: torch.func.vjp(matvec, e), example,
+                                  "b" if init is None else "init")
+    except TypeError:
+        raise
     except Exception as err:  # noqa: BLE001 - re-raised with guidance
+        if isinstance(err, torch.OutOfMemoryError):
+            raise
         raise ValueError(
             f"{name}: matvec failed on an input shaped like "
             f"{'b' if init is None else 'init'} ({err}). For a non-square operator pass "
@@ -546,8 +733,13 @@ def solve_normal_cg(
     def normal_matvec(x: PyTree) -> PyTree:
         return rmatvec(matvec(x))
 
-    return _cg(name, normal_matvec, rmatvec(b), init, ridge, rtol, atol, maxiter, batched,
-               return_info, check_every, {})
+    for o, bb in zip(tree.leaves(out), b_leaves):
+        if o.dtype != bb.dtype:
+            raise TypeError(
+                f"{name}: matvec returns {o.dtype} for b of dtype {bb.dtype}; the operator and "
+                f"b must share a dtype: convert b with b.to({o.dtype}) or the operator."
+            )
+    return _cg(name, normal_matvec, rmatvec(b), opts, {})
 
 
 # =========================================================================== BiCGStab
@@ -563,6 +755,7 @@ def solve_bicgstab(
     batched: bool = False,
     return_info: bool = False,
     check_every: int | None = None,
+    on_failure: str = "warn",
     **options: Any,
 ) -> PyTree:
     r"""Stabilised biconjugate gradient for a general (non-symmetric) square system.
@@ -590,19 +783,20 @@ def solve_bicgstab(
         Sci. Stat. Comput. 13(2), 1992.
     """
     name = "solve_bicgstab"
-    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
-                                             batched, check_every, True, options)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+                    on_failure)
+    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, opts, True, options)
     r_hat = r
     rs = dots.sq(r)
     one = torch.ones_like(rs)
-    s0 = {"x": x, "r": r, "p": [torch.zeros_like(t) for t in r],
-          "v": [torch.zeros_like(t) for t in r], "rho": one, "alpha": one, "omega": one,
-          "rs": rs, "active": rs > thresh_sq}
-    count = torch.zeros_like(rs, dtype=torch.long) if return_info else None
-    s = s0
+    fin0 = torch.isfinite(rs)
+    s = {"x": x, "r": r, "p": [torch.zeros_like(t) for t in r],
+         "v": [torch.zeros_like(t) for t in r], "rho": one, "alpha": one, "omega": one,
+         "rs": rs, "active": fin0 & (rs > thresh_sq),
+         "failed": torch.where(fin0, CONVERGED, NON_FINITE),
+         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
 
     def step(_: int) -> torch.Tensor:
-        nonlocal count
         act = s["active"]
         rho = dots.dot(r_hat, s["r"])
         beta = _safe_div(rho, s["rho"]) * _safe_div(s["alpha"], s["omega"])
@@ -610,29 +804,38 @@ def solve_bicgstab(
         pv = dots.axpy(-s["omega"], s["v"], s["p"])
         p = dots.axpy(beta, pv, s["r"])
         v = op(p)
-        alpha = _safe_div(rho, dots.dot(r_hat, v))
+        rhv = dots.dot(r_hat, v)
+        alpha = _safe_div(rho, rhv)
         h = dots.axpy(torch.where(act, alpha, 0), p, s["x"])
         sv = dots.axpy(-alpha, v, s["r"])
         t = op(sv)
         omega = _safe_div(dots.dot(t, sv), dots.sq(t))
-        omega_act = torch.where(act, omega, 0)
-        s["x"] = dots.axpy(omega_act, sv, h)
+        x_new = dots.axpy(torch.where(act, omega, 0), sv, h)
         r_new = dots.axpy(-omega, t, sv)
-        keep = [dots.expand(act, a) for a in r_new]
+        rs_new = dots.sq(r_new)
+        # a zero denominator (ρ = r̂ᵀr or r̂ᵀv) or a NaN/Inf stops that system where it is
+        fin = torch.isfinite(rs_new) & torch.isfinite(alpha) & torch.isfinite(omega)
+        ok = act & fin & (rho != 0) & (rhv != 0)
+        s["failed"] = torch.where(act & ~ok, torch.where(fin, BREAKDOWN, NON_FINITE),
+                                  s["failed"])
+        keep = [dots.expand(ok, a) for a in r_new]
+        s["x"] = [torch.where(m, a, o) for m, a, o in zip(keep, x_new, s["x"])]
         s["r"] = [torch.where(m, a, o) for m, a, o in zip(keep, r_new, s["r"])]
         s["p"], s["v"] = p, v
-        s["rho"] = torch.where(act, rho, s["rho"])
-        s["alpha"] = torch.where(act, alpha, s["alpha"])
-        s["omega"] = torch.where(act, omega, s["omega"])
-        if count is not None:
-            count = count + act
-        s["rs"] = torch.where(act, dots.sq(s["r"]), s["rs"])
-        s["active"] = act & (s["rs"] > thresh_sq)
+        s["rho"] = torch.where(ok, rho, s["rho"])
+        s["alpha"] = torch.where(ok, alpha, s["alpha"])
+        s["omega"] = torch.where(ok, omega, s["omega"])
+        if s["count"] is not None:
+            s["count"] = s["count"] + act
+        s["rs"] = torch.where(ok, rs_new, s["rs"])
+        s["active"] = ok & (s["rs"] > thresh_sq)
         return s["active"]
 
     k = loop.run(step, s["active"])
-    info = _info(count if count is not None else k, s["rs"], thresh_sq, rtol == atol == 0)
-    return _finish(op.spec, s["x"], return_info, info)
+    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq, opts.fixed,
+                 s["failed"])
+    return _finish(name, op.spec, s["x"], info, opts, loop.maxiter,
+                   "a zero denominator (r̂ᵀr or r̂ᵀv = 0)")
 
 
 # =========================================================================== GMRES
@@ -648,6 +851,7 @@ def solve_gmres(
     batched: bool = False,
     return_info: bool = False,
     restart: int = 20,
+    on_failure: str = "warn",
     **options: Any,
 ) -> PyTree:
     r"""Restarted GMRES for a general (non-symmetric) square system.
@@ -679,35 +883,41 @@ def solve_gmres(
     name = "solve_gmres"
     if not isinstance(restart, int) or isinstance(restart, bool) or restart <= 0:
         raise ValueError(f"{name}: restart must be a positive int, got {restart!r}.")
-    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, init, ridge, rtol, atol, maxiter,
-                                             batched, 1, True, options)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, 1, on_failure)
+    op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, opts, True, options)
     maxiter = loop.maxiter
     bl = op.b_leaves
     rs = dots.sq(r)
-    state = {"x": x, "r": r, "rs": rs, "active": rs > thresh_sq}
-    count = torch.zeros_like(rs, dtype=torch.long) if return_info else None
-    used = [0]
+    fin0 = torch.isfinite(rs)
+    s = {"x": x, "r": r, "rs": rs, "active": fin0 & (rs > thresh_sq), "used": 0,
+         "failed": torch.where(fin0, CONVERGED, NON_FINITE),
+         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
 
     def cycle(_: int) -> torch.Tensor:
-        nonlocal count
-        m = min(restart, maxiter - used[0])
-        used[0] += m
-        act = state["active"]
-        update = _arnoldi_lstsq(op, dots, state["r"], state["rs"], m)
-        update = [torch.where(dots.expand(act, u), u, torch.zeros_like(u)) for u in update]
-        state["x"] = [a + u for a, u in zip(state["x"], update)]
-        state["r"] = [bb - ax for bb, ax in zip(bl, op(state["x"]))]
-        if count is not None:
-            count = count + act * m
-        state["rs"] = torch.where(act, dots.sq(state["r"]), state["rs"])
-        state["active"] = act & (state["rs"] > thresh_sq)
-        return state["active"]
+        m = min(restart, maxiter - s["used"])
+        s["used"] += m
+        act = s["active"]
+        update = _arnoldi_lstsq(op, dots, s["r"], s["rs"], m)
+        x_new = [a + torch.where(dots.expand(act, u), u, torch.zeros_like(u))
+                 for a, u in zip(s["x"], update)]
+        r_new = [bb - ax for bb, ax in zip(bl, op(x_new))]
+        rs_new = dots.sq(r_new)
+        ok = act & torch.isfinite(rs_new)  # NaN/Inf: keep the last finite iterate
+        s["failed"] = torch.where(act & ~ok, NON_FINITE, s["failed"])
+        keep = [dots.expand(ok, t) for t in r_new]
+        s["x"] = [torch.where(k, a, o) for k, a, o in zip(keep, x_new, s["x"])]
+        s["r"] = [torch.where(k, a, o) for k, a, o in zip(keep, r_new, s["r"])]
+        if s["count"] is not None:
+            s["count"] = s["count"] + act * m
+        s["rs"] = torch.where(ok, rs_new, s["rs"])
+        s["active"] = ok & (s["rs"] > thresh_sq)
+        return s["active"]
 
     loop.maxiter = -(-maxiter // restart)
-    k = loop.run(cycle, state["active"])
-    info = _info(count if count is not None else min(k * restart, maxiter), state["rs"],
-                 thresh_sq, rtol == atol == 0)
-    return _finish(op.spec, state["x"], return_info, info)
+    k = loop.run(cycle, s["active"])
+    count = s["count"] if s["count"] is not None else min(k * restart, maxiter)
+    info = _info(count, s["rs"], thresh_sq, opts.fixed, s["failed"])
+    return _finish(name, op.spec, s["x"], info, opts, maxiter)
 
 
 def _arnoldi_lstsq(
@@ -755,7 +965,7 @@ def _small_lstsq(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 # =========================================================================== dense solvers
 def _materialise(
-    name: str, op: _Operator, batched: bool
+    name: str, op: _Operator, batched: bool, max_unknowns: int
 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
     """The operator as a dense matrix over the concatenated leaves.
 
@@ -766,6 +976,13 @@ def _materialise(
     shapes = [t.shape[1:] if batched else t.shape for t in bl]
     sizes = [int(torch.Size(s).numel()) for s in shapes]
     n = sum(sizes)
+    if n > max_unknowns:
+        raise ValueError(
+            f"{name}: the operator has {n} unknowns per system; a dense solve materialises an "
+            f"{n}×{n} matrix ({n * n * bl[0].element_size() / 2**30:.1f} GiB) and costs O(n³). "
+            "Use a Krylov solver (solve_cg for a symmetric positive-definite operator, "
+            f"solve_gmres otherwise), or pass max_unknowns={n} to force it."
+        )
     dtype = bl[0].dtype
     for t in bl:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -786,45 +1003,49 @@ def _materialise(
         eye = eye.unsqueeze(1).expand(n, bsz, n)
     try:
         cols = torch.func.vmap(lambda e: concat(op(split(e))))(eye)
-    except Exception:  # noqa: BLE001 - a matvec that cannot be vmapped: column by column
+    except Exception as err:  # noqa: BLE001 - a matvec that cannot be vmapped: column by column
+        if isinstance(err, (torch.OutOfMemoryError, TypeError, ValueError)):
+            raise
         cols = torch.stack([concat(op(split(e))) for e in eye])
     mat = cols.movedim(0, -1)  # column j = A e_j
+    if _host_any(~torch.isfinite(mat)):
+        raise ValueError(
+            f"{name}: matvec returned NaN or Inf on a unit vector, so the operator's matrix is "
+            "not finite; check matvec and the tensors it uses."
+        )
     return mat, concat(bl), split
 
 
 def _dense(
     name: str,
-    factor_solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    factor_solve: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
     matvec: MatVec,
     b: PyTree,
-    init: PyTree | None,
-    ridge: Any,
-    rtol: float,
-    atol: float,
-    maxiter: int | None,
-    batched: bool,
-    return_info: bool,
+    opts: _Options,
+    max_unknowns: int,
     options: dict[str, Any],
 ) -> PyTree:
-    op, _, _ = _setup(
-        name, matvec, b, init=init, ridge=ridge, rtol=rtol, atol=atol, maxiter=maxiter,
-        batched=batched, real_only=False, options=options,
-    )
-    _check_finite(name, op.b_leaves)
-    mat, rhs, split = _materialise(name, op, batched)
-    flat = factor_solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
+    op, _, _ = _setup(name, matvec, b, opts, False, options)
+    if isinstance(max_unknowns, bool) or not isinstance(max_unknowns, int) or max_unknowns < 1:
+        raise ValueError(f"{name}: max_unknowns must be a positive int, got {max_unknowns!r}.")
+    _check_finite(name, op.b_leaves, [])
+    mat, rhs, split = _materialise(name, op, opts.batched, max_unknowns)
+    flat = factor_solve(name, mat, rhs.unsqueeze(-1)).squeeze(-1)
     x = split(flat)
-    if not return_info:
-        return tree.unflatten(op.spec, x)
-    dots = _Dots(batched, op.b_leaves)
+    dots = _Dots(opts.batched, op.b_leaves)
     res = [bb - ax for bb, ax in zip(op.b_leaves, op(x))]
+    thresh_sq = _threshold_sq(dots, op.b_leaves, opts.rtol, opts.atol)
     res_sq = dots.sq(res)
-    thresh_sq = _threshold_sq(dots, op.b_leaves, rtol, atol)
-    return _finish(op.spec, x, True, _info(1, res_sq, thresh_sq, rtol == atol == 0))
+    # a residual above the tolerance after an exact factorisation: (nearly) singular
+    failed = torch.where(res_sq <= thresh_sq, CONVERGED, BREAKDOWN)
+    info = _info(1, res_sq, thresh_sq, opts.fixed, failed if not opts.fixed else None)
+    return _finish(name, op.spec, x, info, opts, 1,
+                   "the residual after the factorisation is above the tolerance: the "
+                   "operator is singular or ill-conditioned")
 
 
 def _make_dense(
-    name: str, factor_solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], doc: str
+    name: str, factor_solve: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor], doc: str
 ) -> Callable[..., PyTree]:
     def solver(
         matvec: MatVec,
@@ -837,12 +1058,12 @@ def _make_dense(
         maxiter: int | None = None,
         batched: bool = False,
         return_info: bool = False,
+        on_failure: str = "warn",
+        max_unknowns: int = DENSE_MAX_UNKNOWNS,
         **options: Any,
     ) -> PyTree:
-        return _dense(
-            name, factor_solve, matvec, b, init, ridge, rtol, atol, maxiter, batched,
-            return_info, options,
-        )
+        opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, None, on_failure)
+        return _dense(name, factor_solve, matvec, b, opts, max_unknowns, options)
 
     solver.__name__ = solver.__qualname__ = name
     solver.__doc__ = doc
@@ -854,13 +1075,19 @@ _DENSE_DOC = r"""Dense {what} of the materialised operator (small problems).
     Builds the matrix of :math:`A + \rho I` over the concatenation of all leaves of ``b``
     (so coupled multi-leaf systems are solved exactly, not block by block) with one ``vmap``
     of ``matvec`` over the identity, then {how}. ``init``, ``rtol``, ``atol`` and ``maxiter``
-    are accepted for a uniform signature; ``rtol``/``atol`` only set ``SolveInfo.converged``.
+    are accepted for a uniform signature; ``rtol``/``atol`` set ``SolveInfo.converged``: a
+    true residual above them means a (nearly) singular operator, reported by ``on_failure``.
+    An exactly singular operator, or one whose matrix holds NaN/Inf, raises ``ValueError``.
 
     Args:
         matvec: ``x ↦ A x`` on pytrees shaped like ``b``. {req}
         b: right-hand side pytree (``n`` unknowns in all; cost ``O(n³)``).
         batched: every leaf's leading dimension indexes independent systems.
         return_info: also return :class:`SolveInfo` with the true residual.
+        on_failure: ``"warn"`` / ``"raise"`` / ``"ignore"`` when the residual is above the
+            tolerance (see :func:`solve_cg`).
+        max_unknowns: refuse (``ValueError``) to materialise more unknowns than this
+            (default :data:`DENSE_MAX_UNKNOWNS`): use a Krylov solver for large problems.
 
     Returns:
         ``x`` or ``(x, SolveInfo)``.
@@ -879,22 +1106,33 @@ _DENSE_DOC = r"""Dense {what} of the materialised operator (small problems).
 """
 
 
-def _inv_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.inv(mat) @ rhs
+def _singular(name: str, info: torch.Tensor) -> None:
+    if _host_any(info != 0):
+        raise ValueError(
+            f"{name}: the operator is singular (an exactly zero pivot); add ridge=... for a "
+            "regularised solution, or use solve_normal_cg for the least-squares solution."
+        )
 
 
-def _cholesky_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def _inv_solve(name: str, mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    inv, info = torch.linalg.inv_ex(mat)
+    _singular(name, info)
+    return inv @ rhs
+
+
+def _cholesky_solve(name: str, mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     chol, info = torch.linalg.cholesky_ex(mat)
     if _host_any(info != 0):
         raise ValueError(
-            "solve_cholesky: the operator is not (numerically) positive definite; use "
+            f"{name}: the operator is not (numerically) symmetric positive definite; use "
             "solve_lu, or add ridge=..."
         )
     return torch.cholesky_solve(rhs, chol)
 
 
-def _lu_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    lu, piv = torch.linalg.lu_factor(mat)
+def _lu_solve(name: str, mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    lu, piv, info = torch.linalg.lu_factor_ex(mat)
+    _singular(name, info)
     return torch.linalg.lu_solve(lu, piv, rhs)
 
 

@@ -28,13 +28,14 @@ through the CG iterations instead (memory linear in the iteration count).
 from __future__ import annotations
 
 import functools
-import warnings
+import math
 from typing import Any, NamedTuple
 
 import torch
 
 from unroll import tree
-from unroll.linear_solve import ConvergenceWarning, SolveInfo, solve_cg
+from unroll._failure import check_on_failure
+from unroll.linear_solve import SolveInfo, report_failure, solve_cg
 from unroll.physics._utils import expand_per_sample, host_bool, real_dtype, require_tensor
 from unroll.physics.base import LinearPhysics
 
@@ -46,7 +47,17 @@ _API = "least_squares"
 class _Settings(NamedTuple):
     max_iter: int
     tol: float
+    on_failure: str = "warn"
 
+
+_FORWARD_REMEDY = (
+    "The prox is inexact. Raise the physics' max_iter (or tol), or pass max_iter=... to this "
+    "call; a slowly converging CG means AᵀA + I/γ is ill-conditioned (a smaller gamma helps)"
+)
+_BACKWARD_REMEDY = (
+    "The implicit gradient is inexact. Raise max_iter (or tol), or use "
+    "implicit_backward_solver=False"
+)
 
 def least_squares(
     physics: LinearPhysics,
@@ -59,6 +70,7 @@ def least_squares(
     tol: float | None = None,
     implicit_backward_solver: bool | None = None,
     return_info: bool = False,
+    on_failure: str = "warn",
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
     r"""Per-sample solution of :math:`\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2`.
 
@@ -85,7 +97,12 @@ def least_squares(
             ``physics.implicit_backward_solver``.
         return_info: also return the forward solve's
             :class:`unroll.linear_solve.SolveInfo` (``num_iter``, ``residual_norm``,
-            ``converged``, per sample).
+            ``converged``, ``reason``, per sample).
+        on_failure: when the forward or the backward CG stops at ``max_iter`` above ``tol``,
+            breaks down or meets NaN/Inf: ``"warn"`` (a
+            :class:`~unroll.linear_solve.ConvergenceWarning` named ``least_squares (forward)``
+            or ``least_squares (backward)``, once per cause and call site), ``"raise"`` or
+            ``"ignore"``.
 
     Returns:
         ``h`` shaped like ``x`` (or ``(h, info)``).
@@ -94,8 +111,8 @@ def least_squares(
         ValueError: ``y`` does not match the operator's output shape, ``z`` does not match the
             input shape, ``gamma`` is not positive or has a bad shape, bad ``max_iter``/``tol``.
 
-    The backward CG warns once (with its residual) when it stops before ``tol``: the gradient
-    is then inexact. Second derivatives (grad of grad) and forward mode (``jvp``/``jacfwd``)
+    The backward CG reports (``on_failure``) when it stops before ``tol``: the gradient is
+    then inexact. Second derivatives (grad of grad) and forward mode (``jvp``/``jacfwd``)
     are supported. With ``gamma=None`` the backward solves ``AᵀA u = b`` in the least-squares
     sense (CG on ``(AᵀA)² u = AᵀA b``): the gradient w.r.t. ``y`` is exact, but for a
     rank-deficient ``A`` the one w.r.t. the operator's tensors omits the null-space term of
@@ -122,7 +139,7 @@ def least_squares(
             f"{type(physics).__name__}."
         )
     require_tensor(_API, "y", y)
-    settings = _settings(physics, max_iter, tol)
+    settings = _settings(physics, max_iter, tol, on_failure)
     implicit = physics.implicit_backward_solver if implicit_backward_solver is None else (
         implicit_backward_solver
     )
@@ -156,18 +173,22 @@ def least_squares(
         else:
             solver = functools.partial(_prox_cg, settings=settings)
         h, info = solver(start, z, y, gamma, physics)
+    report_failure(f"{_API} (forward)", info, settings.on_failure, remedy=_FORWARD_REMEDY,
+                   rtol=settings.tol, atol=0.0, maxiter=settings.max_iter)
     return (h, info) if return_info else h
 
 
 # ---------------------------------------------------------------------- validation
-def _settings(physics: LinearPhysics, max_iter: int | None, tol: float | None) -> _Settings:
+def _settings(
+    physics: LinearPhysics, max_iter: int | None, tol: float | None, on_failure: str
+) -> _Settings:
     max_iter = physics.max_iter if max_iter is None else max_iter
     tol = physics.tol if tol is None else tol
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter <= 0:
         raise ValueError(f"{_API}: max_iter must be a positive int, got {max_iter!r}.")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"{_API}: tol must be a number >= 0, got {tol!r}.")
-    return _Settings(max_iter, float(tol))
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise ValueError(f"{_API}: tol must be a finite number >= 0, got {tol!r}.")
+    return _Settings(max_iter, float(tol), check_on_failure(_API, on_failure))
 
 
 def _check_like(name: str, t: Any, x_like: torch.Tensor) -> torch.Tensor:
@@ -198,13 +219,20 @@ def check_gamma(api: str, gamma: float | torch.Tensor, like: torch.Tensor) -> to
                     f"tensor, a per-sample ({like.shape[0]},) tensor, or one broadcastable to "
                     f"{tuple(like.shape)}."
                 )
-        if host_bool(~(gamma > 0).all()):  # one host sync; NaN fails `> 0` too
-            raise ValueError(f"{api}: gamma must be > 0 everywhere; got a value <= 0 or NaN.")
+        if host_bool(~((gamma > 0) & (gamma < math.inf)).all()):  # one host sync
+            raise ValueError(
+                f"{api}: gamma must be finite and > 0 everywhere; got a value <= 0, NaN or "
+                "Inf. For gamma = ∞ (no proximity term) use physics.A_dagger(y) or "
+                "least_squares(physics, y, gamma=None)."
+            )
         return gamma
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
         raise TypeError(f"{api}: gamma must be a number or a tensor, got {type(gamma).__name__}.")
-    if not gamma > 0:
-        raise ValueError(f"{api}: gamma must be > 0, got {gamma!r}.")
+    if not 0 < gamma < math.inf:
+        raise ValueError(
+            f"{api}: gamma must be finite and > 0, got {gamma!r}. For gamma = ∞ (no proximity "
+            "term) use physics.A_dagger(y) or least_squares(physics, y, gamma=None)."
+        )
     return torch.as_tensor(float(gamma), dtype=real_dtype(like), device=like.device)
 
 
@@ -239,7 +267,7 @@ def _prox_cg(
 
     return solve_cg(
         matvec, rhs, init=init, rtol=settings.tol, maxiter=settings.max_iter, batched=True,
-        return_info=True,
+        return_info=True, on_failure="ignore",  # reported by least_squares, by its name
     )
 
 
@@ -248,12 +276,13 @@ def _pinv_cg(
 ) -> tuple[torch.Tensor, SolveInfo]:
     return solve_cg(
         physics.normal_operator(init), physics.A_adjoint(y), init=init, rtol=settings.tol,
-        maxiter=settings.max_iter, batched=True, return_info=True,
+        maxiter=settings.max_iter, batched=True, return_info=True, on_failure="ignore",
     )
 
 
 def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False):
-    """The backward linear solve: batched CG that warns once when it stops early.
+    """The backward linear solve: batched CG whose failures are reported (``on_failure``) as
+    ``least_squares (backward)``.
 
     ``(∂F/∂h)ᵀ = AᵀA + I/γ`` is the forward system matrix itself. For a first-order backward
     (grad mode off: ``.backward()`` / ``autograd.grad`` without ``create_graph``) CG applies
@@ -273,9 +302,10 @@ def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False)
             op, rhs = (lambda u, base=op: base(base(u))), op(b)
         x, info = solve_cg(
             op, rhs, rtol=settings.tol, maxiter=settings.max_iter, batched=True,
-            return_info=True,
+            return_info=True, on_failure="ignore",
         )
-        _warn_if_not_converged(info, rhs, settings)
+        report_failure(f"{_API} (backward)", info, settings.on_failure, remedy=_BACKWARD_REMEDY,
+                       rtol=settings.tol, atol=0.0, maxiter=settings.max_iter)
         return x
 
     return solve
@@ -301,20 +331,6 @@ def _fast_normal_op(physics: LinearPhysics, gamma: torch.Tensor | None, others: 
     return normal
 
 
-def _warn_if_not_converged(info: SolveInfo, b: Any, settings: _Settings) -> None:
-    if host_bool(info.converged.all()) is not False:
-        return
-    b_norm = tree.batch_norm(b)
-    rel = info.residual_norm / torch.where(b_norm == 0, torch.ones_like(b_norm), b_norm)
-    warnings.warn(
-        f"{_API}: the backward CG stopped after {settings.max_iter} iterations with relative "
-        f"residual {float(rel.max()):.3e} > tol={settings.tol:g}; the implicit gradient is "
-        "inexact. Raise max_iter (or tol), or use implicit_backward_solver=False.",
-        ConvergenceWarning,
-        stacklevel=2,
-    )
-
-
 def _differentiable(physics: LinearPhysics) -> bool:
     """Whether the physics tensors may need gradients: one requires grad, or one is being
     transformed by ``torch.func`` (inside ``vmap`` ``requires_grad`` reads False although an
@@ -329,20 +345,24 @@ def _differentiable(physics: LinearPhysics) -> bool:
 
 
 def _prox_solver(settings: _Settings, diff_physics: bool, normal_op):
-    from unroll.implicit import custom_root
-
     argnums = (1, 2, 3, 4) if diff_physics else (1, 2, 3)
     solve = _backward_solve(settings, normal_op)
-    return custom_root(_prox_residual, argnums=argnums, has_aux=True, solve=solve)(
+    return _implicit(_prox_residual, argnums, solve, settings)(
         functools.partial(_prox_cg, settings=settings)
     )
 
 
 def _pinv_solver(settings: _Settings, diff_physics: bool, normal_op):
-    from unroll.implicit import custom_root
-
     argnums = (1, 2) if diff_physics else (1,)
     solve = _backward_solve(settings, normal_op, singular=True)
-    return custom_root(_pinv_residual, argnums=argnums, has_aux=True, solve=solve)(
+    return _implicit(_pinv_residual, argnums, solve, settings)(
         functools.partial(_pinv_cg, settings=settings)
     )
+
+
+def _implicit(residual, argnums: tuple[int, ...], solve, settings: _Settings):
+    """``custom_root`` whose backward failures are reported as ``least_squares (backward)``."""
+    from unroll.implicit import _custom_root
+
+    return _custom_root("least_squares", residual, argnums, True, solve, settings.on_failure,
+                        f"{_API} (backward)", _BACKWARD_REMEDY)

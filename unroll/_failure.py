@@ -1,0 +1,179 @@
+r"""One failure policy for every iterative solve.
+
+A solve (Krylov, dense, fixed point, Anderson, least squares, DEQ forward / backward,
+``custom_root``'s backward) that stops short of its tolerance, breaks down or meets a
+non-finite value reports it through :func:`report`, according to its ``on_failure`` option:
+
+* ``"warn"`` (default): a :class:`ConvergenceWarning` naming the solve, the cause, the
+  residual and the remedy, shown **once per cause and call site** under Python's default
+  warning filters, at the user's line (the first frame outside unroll and torch), not inside
+  the library. Repeats are counted (:func:`suppressed_counts`) instead of shown.
+* ``"raise"``: a :class:`ConvergenceError` with the same message (like Lineax's ``throw=True``).
+* ``"ignore"``: nothing; the caller reads the returned diagnostics.
+
+Failure causes (``SolveInfo.reason`` holds one code per problem):
+
+==========  ====  ======================================================================
+reason      code  meaning
+==========  ====  ======================================================================
+converged   0     the tolerance was met
+max_iter    1     the iteration cap was reached first
+breakdown   2     a zero or negative denominator (e.g. ``pᵀAp ≤ 0`` in CG: not SPD)
+non_finite  3     NaN or Inf met; the last finite iterate is returned
+diverged    4     the residual grew far beyond its start; the best iterate is returned
+==========  ====  ======================================================================
+
+The de-duplication keeps no tensors: only (solve, cause, file, line) keys, reset whenever the
+warning filters change (``warnings.catch_warnings``, ``pytest.warns``, ``simplefilter``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+__all__ = [
+    "ConvergenceWarning",
+    "ConvergenceError",
+    "ON_FAILURE",
+    "REASONS",
+    "check_on_failure",
+    "report",
+    "suppressed_counts",
+    "reset_suppressed",
+]
+
+ON_FAILURE = ("warn", "raise", "ignore")
+REASONS = ("converged", "max_iter", "breakdown", "non_finite", "diverged")
+CONVERGED, MAX_ITER, BREAKDOWN, NON_FINITE, DIVERGED = range(5)
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solve (linear system, fixed point, backward pass) stopped before reaching
+    its tolerance, broke down or met NaN/Inf; results derived from it (e.g. gradients) may be
+    inaccurate. Shown once per cause and call site; turn it into an error with
+    ``on_failure="raise"`` or ``warnings.simplefilter("error", ConvergenceWarning)``."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of a :class:`ConvergenceWarning` by a solve called with
+    ``on_failure="raise"``.
+
+    Attributes:
+        solve: the name of the solve (e.g. ``"solve_cg"``, ``"deq (backward)"``).
+        reason: one of :data:`REASONS`.
+    """
+
+    def __init__(self, message: str, solve: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.solve = solve
+        self.reason = reason
+
+
+def check_on_failure(api: str, on_failure: Any) -> str:
+    """Validate an ``on_failure`` option and return it."""
+    if on_failure not in ON_FAILURE:
+        raise ValueError(
+            f"{api}: on_failure must be one of {', '.join(map(repr, ON_FAILURE))}, got "
+            f"{on_failure!r}."
+        )
+    return on_failure
+
+
+def reason_name(code: int) -> str:
+    return REASONS[code] if 0 <= code < len(REASONS) else f"code {code}"
+
+
+# --------------------------------------------------------------------------- reporting
+def report(api: str, reason: str, detail: str, remedy: str, on_failure: str) -> None:
+    """Apply the failure policy to one failed solve.
+
+    Args:
+        api: the solve's name, as the user knows it (``"solve_cg"``, ``"deq (backward)"``).
+        reason: one of :data:`REASONS` (not ``"converged"``).
+        detail: what happened, with the residual (e.g. ``"stopped at maxiter=50 with
+            residual 3.2e-02 > 1.0e-05"``).
+        remedy: what to do about it.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
+    """
+    if on_failure == "ignore":
+        return
+    message = f"{api}: {detail} [{reason}]. {remedy}"
+    if on_failure == "raise":
+        raise ConvergenceError(message, api, reason)
+    _warn_once(message, (api, reason))
+
+
+_LIB_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    for m in (sys.modules[__name__.rsplit(".", 1)[0]], torch)
+)
+_STATE: dict[str, Any] = {"filters": None, "snapshot": (), "seen": {}}
+
+
+def _user_frame():
+    """The innermost frame outside unroll and torch (the user's line), else the caller's."""
+    frame = sys._getframe(1)
+    first = None
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_LIB_DIRS) and not name.startswith("<frozen"):
+            return frame
+        first = first or frame
+        frame = frame.f_back
+    return first
+
+
+def _action(message: str, category: type, module: str, lineno: int) -> str:
+    """The action Python's warning filters choose (the lookup of ``warnings.warn``)."""
+    for action, msg, cat, mod, ln in warnings.filters:
+        if (
+            (msg is None or msg.match(message))
+            and issubclass(category, cat)
+            and (mod is None or mod.match(module))
+            and (ln == 0 or lineno == ln)
+        ):
+            return action
+    return warnings.defaultaction
+
+
+def _seen() -> dict[tuple, int]:
+    filters = warnings.filters
+    if _STATE["filters"] is not filters or _STATE["snapshot"] != tuple(filters):
+        _STATE.update(filters=filters, snapshot=tuple(filters), seen={})
+    return _STATE["seen"]
+
+
+def _warn_once(message: str, cause: tuple[str, str]) -> None:
+    frame = _user_frame()
+    filename, lineno = frame.f_code.co_filename, frame.f_lineno
+    module = frame.f_globals.get("__name__", "<unknown>")
+    action = _action(message, ConvergenceWarning, module, lineno)
+    if action == "ignore":
+        return
+    if action in ("default", "module", "once"):
+        seen = _seen()
+        key = (*cause, filename, lineno) if action == "default" else cause
+        if key in seen:
+            seen[key] += 1
+            return
+        seen[key] = 0
+    warnings.warn_explicit(
+        message, ConvergenceWarning, filename, lineno, module=module, registry={},
+        module_globals=frame.f_globals,
+    )
+
+
+def suppressed_counts() -> dict[tuple[str, str, str, int], int]:
+    """Repeats of already-shown convergence warnings that were not shown again, keyed by
+    ``(solve, reason, file, line)`` (since the warning filters last changed)."""
+    return {k: n for k, n in _seen().items() if n}
+
+
+def reset_suppressed() -> None:
+    """Forget which warnings were shown (they will be shown again once)."""
+    _STATE.update(filters=None, snapshot=(), seen={})
