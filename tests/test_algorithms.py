@@ -96,7 +96,9 @@ def test_l1_data_fidelity_closed_form(name):
     # min ‖x − y‖₁ + λ/2 ‖x‖²  →  x = clamp(y, −1/λ, 1/λ)
     physics, y = identity_problem(seed=3)
     lam = 1.5
-    params = {"stepsize": 0.5, "lambda_reg": lam, "stepsize_dual": 1.0}
+    params = {"stepsize": 0.5, "lambda_reg": lam}
+    if name == "pdhg":
+        params["stepsize_dual"] = 1.0  # ADMM and DRS have no dual step (the key would raise)
     alg = getattr(algorithms, name)(L1(), Tikhonov())
     x, _ = run(alg, y, physics, params, 3000, tol=1e-14)
     torch.testing.assert_close(x.reshape(y.shape), y.clamp(-1 / lam, 1 / lam), rtol=0, atol=1e-8)
@@ -191,7 +193,8 @@ def test_per_iteration_parameters_match_manual_loop():
     physics, y = blur_problem()
     steps = torch.tensor([0.1, 0.5, 0.2, 0.9], dtype=DT)
     alg = algorithms.pgd(L2(), Tikhonov())
-    x, _ = run(alg, y, physics, {"stepsize": steps, "lambda_reg": 0.3}, 4)
+    x, _ = run(alg, y, physics, {"stepsize": steps, "lambda_reg": 0.3}, 4,
+               per_iteration=("stepsize",))
     ref = physics.A_adjoint(y)
     for s in steps:
         ref = (ref - s * L2().grad(ref, y, physics)) / (1 + 0.3 * s)
@@ -220,5 +223,5 @@ def test_validation_messages():
         run(alg, y, physics, {"stepsize": 1.0}, 0)
     with pytest.raises(TypeError, match="^unroll.algorithms.gd: prior must provide .grad"):
         algorithms.gd(L2(), L1Prior())
-    with pytest.raises(ValueError, match="^unroll.algorithms: both 'g_param'"):
+    with pytest.raises(ValueError, match="^unroll.algorithms.run: both 'g_param'"):
         run(alg, y, physics, {"stepsize": 1.0, "g_param": 1.0, "sigma_denoiser": 1.0}, 3)

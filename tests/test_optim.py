@@ -108,7 +108,7 @@ def test_class_keyword_validation():
         (ADMM, {"lambda_reg": -0.1}, "lambda_reg must be >= 0"),
         (DRS, {"sigma_denoiser": 0.0}, "sigma_denoiser must be > 0"),
         (PDCP, {"stepsize_dual": torch.tensor([1.0, -1.0, 1.0])}, "stepsize_dual must be > 0"),
-        (PGD, {"stepsize": float("nan")}, "stepsize must be > 0"),
+        (PGD, {"stepsize": float("nan")}, "stepsize must be finite"),
     ],
 )
 def test_class_rejects_non_positive_hyperparameters(cls, kwargs, message):

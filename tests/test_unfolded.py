@@ -71,7 +71,7 @@ def test_unrolled_gradient_matches_finite_differences(name):
     prior = prior_for(name)
     alg = getattr(algorithms, name)(L2(), prior)
     k = 4
-    f = unfold(alg, k)
+    f = unfold(alg, k, per_iteration=("stepsize",))
     params = to_tensors(base_params(name))
     params["stepsize"] = torch.linspace(0.3, 0.5, k, dtype=DT)  # per-iteration
     params["prior"] = {n: p.detach() for n, p in prior.weights().items()}
@@ -167,10 +167,13 @@ def test_trainable_params_exact_and_user_inputs_untouched():
     buffers = dict(model.named_buffers())
     assert set(buffers) == {"hyper.lambda_reg"} and float(buffers["hyper.lambda_reg"]) == 2.0
     assert model.hyper.sigma_denoiser.shape == (3,)
-    with pytest.raises(ValueError, match="^unroll.unfolded: trainable_params \\['beta'\\]"):
-        unfolded_builder("PGD", params_algo={"stepsize": 1.0}, trainable_params=["beta"],
+    with pytest.raises(ValueError, match="^unroll.unfolded: trainable_params \\['lambda_reg'\\]"):
+        unfolded_builder("PGD", params_algo={"stepsize": 1.0}, trainable_params=["lambda_reg"],
                          prior=Tikhonov())
-    with pytest.raises(ValueError, match="^unroll.unfolded: unknown parameter"):
+    with pytest.raises(ValueError, match="^unroll.unfolded: unknown name in trainable_params"):
+        unfolded_builder("PGD", params_algo={"stepsize": 1.0}, trainable_params=["beta"],
+                         prior=Tikhonov())  # PGD has no relaxation
+    with pytest.raises(ValueError, match="^unroll.unfolded: unknown parameter 'lamda'"):
         unfolded_builder("PGD", params_algo={"stepsize": 1.0, "lamda": 1.0}, prior=Tikhonov())
     with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2"):
         unfolded_builder("PGD", params_algo={"stepsize": [1.0, 2.0]}, prior=Tikhonov(),
@@ -195,14 +198,17 @@ def test_builder_rejects_non_positive_hyperparameters(params_algo, message):
         unfolded_builder("PDCP", params_algo=params_algo, prior=Tikhonov(), max_iter=3)
 
 
-def test_per_iteration_tensor_of_wrong_length_rejected_at_construction():
-    # the same message as for a list; before, a bare RuntimeError at call time
-    with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2 per-"):
-        unfolded_builder("PGD", params_algo={"stepsize": torch.ones(2)}, prior=Tikhonov(),
-                         max_iter=3)
+def test_tensor_is_one_shared_value_and_list_length_is_checked():
+    # DeepInverse's rule: a tensor is one value whatever its shape; only lists are per-iteration
     model = unfolded_builder("PGD", params_algo={"stepsize": torch.ones(3)}, prior=Tikhonov(),
                              max_iter=3)
-    assert model.hyper.stepsize.shape == (3,)
+    assert model.hyper.stepsize.shape == (3,) and model.hyper.per_iteration_names == ()
+    with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2 per-"):
+        unfolded_builder("PGD", params_algo={"stepsize": [1.0, 1.0]}, prior=Tikhonov(),
+                         max_iter=3)
+    model = unfolded_builder("PGD", params_algo={"stepsize": list(torch.ones(3))},
+                             prior=Tikhonov(), max_iter=3)
+    assert model.hyper.stepsize.shape == (3,) and model.hyper.per_iteration_names == ("stepsize",)
 
 
 def test_run_rejects_non_positive_stepsize():
@@ -325,3 +331,18 @@ def test_deq_with_cg_prox_under_torch_func_grad(name):
     got = torch.func.grad(lambda p: ((model.apply(p, y, ph) - x) ** 2).sum())(params)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=1e-8, atol=1e-10)
+
+
+def test_vmap_over_per_iteration_stepsizes():
+    # a batch of K-long step-size schedules: vmap sees each (K,) schedule; equals a loop
+    physics, x_true, y = problem()
+    f = unfold(algorithms.pgd(L2(), Tikhonov()), 3, per_iteration="stepsize")
+    schedules = torch.tensor([[0.2, 0.4, 0.6], [0.5, 0.5, 0.5], [0.9, 0.1, 0.3]], dtype=DT)
+
+    def loss(steps):
+        return ((f({"stepsize": steps, "lambda_reg": 0.3}, y, physics) - x_true) ** 2).sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss))(schedules)
+    looped = torch.stack([torch.func.grad(loss)(s) for s in schedules])
+    torch.testing.assert_close(batched, looped, rtol=0, atol=1e-12)
+    assert batched.shape == (3, 3)

@@ -8,6 +8,13 @@ import torch
 
 from unroll.algorithms.base import PRIOR_KEY, get
 
+BASIC_PARAMS = ("stepsize", "lambda_reg", "sigma_denoiser", PRIOR_KEY)
+"""The keys read by GD, PGD, FISTA and HQS (``sigma_denoiser`` and ``prior`` by the prior)."""
+RELAXED_PARAMS = (*BASIC_PARAMS, "beta")
+"""ADMM and DRS: the basic keys and the relaxation ``beta``."""
+PDHG_PARAMS = (*RELAXED_PARAMS, "stepsize_dual")
+"""Chambolle–Pock: the relaxed keys and the dual step ``stepsize_dual``."""
+
 
 def check_components(name: str, data_fidelity: Any, prior: Any, needs: tuple[str, ...]) -> None:
     """Raise a TypeError naming ``unroll.algorithms.<name>`` when a needed method is missing."""

@@ -56,4 +56,4 @@ def admm(data_fidelity: Any, prior: Any) -> Algorithm:
         z = c.prior_prox(prior, x_hat + state.u, gamma * c.lambda_reg(p), p)
         return ADMMState(x, z, state.u + x_hat - z)
 
-    return Algorithm(init, step, lambda s: s.z)
+    return Algorithm(init, step, lambda s: s.z, c.RELAXED_PARAMS)

@@ -18,14 +18,27 @@ pure functions over a NamedTuple state and a parameter pytree ``params`` (a dict
 Parameter keys read by the algorithms: ``"stepsize"`` (required), ``"lambda_reg"`` (default 1),
 ``"sigma_denoiser"`` (alias ``"g_param"``, used by learned priors), ``"beta"`` (relaxation,
 default 1), ``"stepsize_dual"`` (PDHG) and ``"prior"`` (the prior's network weights, a dict
-passed to :func:`torch.func.functional_call`). A hyperparameter leaf whose leading dimension
-equals the number of iterations is per-iteration (``params_k`` holds its ``k``-th entry); any
-other leaf is shared. The prior's weights (``params["prior"]``) are always shared.
+passed to :func:`torch.func.functional_call`). An algorithm may declare the keys it reads
+(:attr:`Algorithm.param_names`); :func:`run` and :func:`unroll.unfolded.unfold` reject any
+other key, suggesting the closest known name (``"lamda_reg"`` → did you mean ``"lambda_reg"``).
+
+Per-iteration parameters are explicit: a key named in ``per_iteration`` (an argument of
+:func:`run` and :func:`unroll.unfolded.unfold`) holds one entry per iteration along its leading
+dimension, and iteration ``k`` reads ``params[key][k]``; every other value is shared by all
+iterations whatever its shape (a ``(C, 1, 1)`` tensor is one per-channel value, never read as
+one value per iteration):
+
+.. code-block:: text
+
+    p_k[key] = params[key][k]    if key in per_iteration
+    p_k[key] = params[key]       otherwise
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import math
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -38,8 +51,11 @@ PyTree = Any
 PRIOR_KEY = "prior"
 ALIASES = {"g_param": "sigma_denoiser"}
 HYPERPARAMETERS = ("stepsize", "lambda_reg", "sigma_denoiser", "beta", "stepsize_dual")
+STANDARD_PARAMS = (*HYPERPARAMETERS, PRIOR_KEY)
+"""The keys an :class:`Algorithm` that declares no ``param_names`` may read."""
 POSITIVE = ("stepsize", "stepsize_dual", "sigma_denoiser")
-"""Hyperparameters that must be > 0 (``lambda_reg`` must be >= 0; ``beta`` is free)."""
+"""Hyperparameters that must be > 0 (``lambda_reg`` must be >= 0; ``beta`` is free). All
+hyperparameters must be finite."""
 
 
 class Algorithm(NamedTuple):
@@ -49,11 +65,27 @@ class Algorithm(NamedTuple):
         init: ``(y, physics, params) -> state``.
         step: ``(state, y, physics, params_k) -> state``; one iteration.
         output: ``state -> x``; the current estimate.
+        param_names: the parameter keys ``step`` reads (canonical names; their aliases, such
+            as ``g_param``, are accepted too), or None for :data:`STANDARD_PARAMS`.
+            :func:`run` and :func:`unroll.unfolded.unfold` reject any other key.
+
+    Example:
+        >>> import torch
+        >>> from unroll.physics import Denoising
+        >>> damped = Algorithm(  # x_{k+1} = x_k - γ (x_k - y): a custom algorithm
+        ...     init=lambda y, physics, p: y * 0,
+        ...     step=lambda x, y, physics, p: x - p["gamma"] * (x - y),
+        ...     output=lambda x: x,
+        ...     param_names=("gamma",))
+        >>> x, _ = run(damped, torch.ones(1, 2), Denoising(), {"gamma": 0.5}, 3)
+        >>> x
+        tensor([[0.8750, 0.8750]])
     """
 
     init: Callable[..., Any]
     step: Callable[..., Any]
     output: Callable[[Any], torch.Tensor]
+    param_names: tuple[str, ...] | None = None
 
 
 class RunInfo(NamedTuple):
@@ -77,11 +109,23 @@ class RunInfo(NamedTuple):
 
 
 # --------------------------------------------------------------------------- parameters
-def canonical(params: dict) -> dict:
-    """Rename aliases (``g_param`` → ``sigma_denoiser``) in a parameter dict (a new dict)."""
+def canonical(params: dict, api: str = "unroll.algorithms") -> dict:
+    """Rename aliases (``g_param`` → ``sigma_denoiser``) in a parameter dict (a new dict).
+
+    Args:
+        params: a parameter dict (not mutated).
+        api: the API named in error messages.
+
+    Returns:
+        A new dict with canonical keys.
+
+    Example:
+        >>> canonical({"g_param": 0.1, "stepsize": 1.0})
+        {'sigma_denoiser': 0.1, 'stepsize': 1.0}
+    """
     if not isinstance(params, dict):
         raise TypeError(
-            f"unroll.algorithms: params must be a dict such as {{'stepsize': 1.0}}, got "
+            f"{api}: params must be a dict such as {{'stepsize': 1.0}}, got "
             f"{type(params).__name__}."
         )
     out = {}
@@ -89,11 +133,116 @@ def canonical(params: dict) -> dict:
         name = ALIASES.get(key, key)
         if name in out:
             raise ValueError(
-                "unroll.algorithms: both 'g_param' and its alias 'sigma_denoiser' were given; "
-                "pass one."
+                f"{api}: both 'g_param' and its alias 'sigma_denoiser' were given; pass one."
             )
         out[name] = value
     return out
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``name`` (a likely misspelling), or None.
+
+    Example:
+        >>> closest("lamda_reg", ["stepsize", "lambda_reg"])
+        'lambda_reg'
+    """
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def known_params(algorithm: Algorithm) -> tuple[str, ...]:
+    """The keys ``algorithm`` accepts: its ``param_names`` (or :data:`STANDARD_PARAMS`) and
+    their aliases.
+
+    Example:
+        >>> from unroll.algorithms import pgd
+        >>> from unroll.optim import L2, Tikhonov
+        >>> known_params(pgd(L2(), Tikhonov()))
+        ('stepsize', 'lambda_reg', 'sigma_denoiser', 'prior', 'g_param')
+    """
+    names = algorithm.param_names if algorithm.param_names is not None else STANDARD_PARAMS
+    return (*names, *(alias for alias, name in ALIASES.items() if name in names))
+
+
+def check_keys(api: str, keys: Iterable[str], known: Collection[str], what: str) -> None:
+    """Raise a ValueError naming ``api`` for the first key not in ``known``.
+
+    Args:
+        api: the API named in the message.
+        keys: the keys given (e.g. a params dict).
+        known: the accepted keys.
+        what: what the keys are, for the message (e.g. ``"parameter"``).
+
+    Example:
+        >>> check_keys("api", ["lamda_reg"], ["stepsize", "lambda_reg"], "parameter")
+        Traceback (most recent call last):
+        ...
+        ValueError: api: unknown parameter 'lamda_reg' (did you mean 'lambda_reg'?); known: ...
+    """
+    for key in keys:
+        if not isinstance(key, str) or key not in known:
+            match = closest(key, known) if isinstance(key, str) else None
+            hint = f" (did you mean '{match}'?)" if match else ""
+            raise ValueError(
+                f"{api}: unknown {what} {key!r}{hint}; known: {list(known)}. Fix or remove it."
+            )
+
+
+def per_iteration_names(
+    api: str, per_iteration: str | Collection[str], known: Collection[str]
+) -> tuple[str, ...]:
+    """Validate ``per_iteration`` (one name or a collection of names) against ``known``.
+
+    Args:
+        api: the API named in error messages.
+        per_iteration: a parameter name or a collection of names (aliases accepted).
+        known: the accepted keys (see :func:`known_params`).
+
+    Returns:
+        The canonical names, without repeats, in the order given.
+
+    Example:
+        >>> per_iteration_names("api", "g_param", ("stepsize", "sigma_denoiser", "g_param"))
+        ('sigma_denoiser',)
+    """
+    if isinstance(per_iteration, str):
+        per_iteration = (per_iteration,)
+    if not isinstance(per_iteration, (tuple, list, set, frozenset)) or not all(
+        isinstance(n, str) for n in per_iteration
+    ):
+        raise TypeError(
+            f"{api}: per_iteration must be a tuple of parameter names such as ('stepsize',), "
+            f"got {per_iteration!r}."
+        )
+    check_keys(api, per_iteration, known, "per_iteration name")
+    return tuple(dict.fromkeys(ALIASES.get(n, n) for n in per_iteration))
+
+
+def check_per_iteration(api: str, params: dict, names: Collection[str], num_iter: int) -> None:
+    """Raise a ValueError naming ``api`` unless every leaf of ``params[name]``, ``name`` in
+    ``names``, is a tensor with leading dimension ``num_iter`` (shapes only: no host sync).
+
+    Example:
+        >>> check_per_iteration("api", {"stepsize": torch.ones(4)}, ("stepsize",), 5)
+        Traceback (most recent call last):
+        ...
+        ValueError: api: per-iteration parameter 'stepsize' needs leading dimension max_iter=5 ...
+    """
+    for name in names:
+        if name not in params:
+            raise ValueError(
+                f"{api}: per_iteration names '{name}' but params has no such key; add "
+                f"params['{name}'] (leading dimension {num_iter}) or drop it from per_iteration."
+            )
+        for leaf in tree.leaves(params[name]):
+            shape = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or leaf.shape[0] != num_iter:
+                raise ValueError(
+                    f"{api}: per-iteration parameter '{name}' needs leading dimension "
+                    f"max_iter={num_iter} (one entry per iteration), got {shape}; pass a tensor "
+                    f"of {num_iter} values such as torch.full(({num_iter},), 1.0), or drop "
+                    f"'{name}' from per_iteration to share one value."
+                )
 
 
 def get(params: dict, name: str, default: Any = None) -> Any:
@@ -128,12 +277,42 @@ def _out_of_range(value: Any, strict: bool, tensors: bool) -> bool:
     return False
 
 
+def _non_finite(value: Any, tensors: bool) -> bool:
+    """Whether a number / list / real tensor has an infinite or NaN entry (tensors read on the
+    host only when ``tensors``; skipped where the host cannot read them)."""
+    if isinstance(value, torch.Tensor):
+        if not tensors or not value.is_floating_point():
+            return False
+        try:
+            return _host_any(~torch.isfinite(value.detach()))
+        except RuntimeError:
+            return False
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v, tensors) for v in value)
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return False
+
+
 def check_hyperparameters(api: str, params: dict, *, tensors: bool = True) -> None:
-    """Raise a ValueError naming ``api`` when ``stepsize`` / ``stepsize_dual`` /
-    ``sigma_denoiser`` is not > 0 or ``lambda_reg`` is negative (numbers, lists, and, when
-    ``tensors``, tensors: a one-time host read, for construction time)."""
+    """Raise a ValueError naming ``api`` when a hyperparameter is infinite or NaN, when
+    ``stepsize`` / ``stepsize_dual`` / ``sigma_denoiser`` is not > 0 or ``lambda_reg`` is
+    negative (numbers, lists, and, when ``tensors``, tensors: a one-time host read, for
+    construction time).
+
+    Example:
+        >>> check_hyperparameters("api", {"stepsize": float("inf")})
+        Traceback (most recent call last):
+        ...
+        ValueError: api: stepsize must be finite, got inf; pass a finite value, e.g. stepsize=1.0.
+    """
     for key, value in params.items():
         name = ALIASES.get(key, key)
+        if name in HYPERPARAMETERS and _non_finite(value, tensors):
+            raise ValueError(
+                f"{api}: {key} must be finite, got {value!r}; pass a finite value, e.g. "
+                f"{key}=1.0."
+            )
         if name in POSITIVE and _out_of_range(value, True, tensors):
             raise ValueError(
                 f"{api}: {key} must be > 0 (every entry), got {value!r}; pass a positive "
@@ -146,39 +325,33 @@ def check_hyperparameters(api: str, params: dict, *, tensors: bool = True) -> No
             )
 
 
-def is_per_iteration(leaf: Any, num_iter: int) -> bool:
-    """True when ``leaf`` is a tensor whose leading dimension equals ``num_iter``."""
-    return isinstance(leaf, torch.Tensor) and leaf.dim() >= 1 and leaf.shape[0] == num_iter
-
-
-def params_at(params: dict, k: int, num_iter: int) -> dict:
-    """The parameters of iteration ``k``: per-iteration leaves indexed, shared leaves kept.
+def params_at(params: dict, k: int, per_iteration: Collection[str] = ()) -> dict:
+    """The parameters of iteration ``k``: ``params[key][k]`` for ``key`` in ``per_iteration``
+    (every leaf indexed along its leading dimension), the other values as they are.
 
     Args:
-        params: the parameter dict (hyperparameters and, under ``"prior"``, network weights).
-        k: iteration index, ``0 <= k < num_iter``.
-        num_iter: number of iterations (defines which leaves are per-iteration).
+        params: the parameter dict, canonical keys (see :func:`canonical`).
+        k: iteration index.
+        per_iteration: the keys that hold one entry per iteration.
 
     Returns:
-        A dict of the same keys; the ``"prior"`` entry is passed through unchanged.
+        A new dict of the same keys.
+
+    Example:
+        >>> p = params_at({"stepsize": torch.tensor([0.1, 0.2]), "lambda_reg": torch.ones(2)},
+        ...               1, per_iteration=("stepsize",))
+        >>> p["stepsize"], p["lambda_reg"]
+        (tensor(0.2000), tensor([1., 1.]))
     """
-    out = {}
-    for key, value in params.items():
-        if key == PRIOR_KEY:
-            out[key] = value
-        else:
-            out[key] = tree.map(lambda x: x[k] if is_per_iteration(x, num_iter) else x, value)
-    return out
-
-
-def has_per_iteration(params: dict, num_iter: int) -> bool:
-    """Whether any hyperparameter (outside ``"prior"``) is per-iteration."""
-    return any(
-        is_per_iteration(x, num_iter)
+    if isinstance(per_iteration, int):
+        raise TypeError(
+            "unroll.algorithms.params_at: the third argument is the names of the per-iteration "
+            "parameters, e.g. ('stepsize',); a leading dimension no longer marks one."
+        )
+    return {
+        key: tree.map(lambda x: x[k], value) if key in per_iteration else value
         for key, value in params.items()
-        if key != PRIOR_KEY
-        for x in tree.leaves(value)
-    )
+    }
 
 
 # --------------------------------------------------------------------------- runner
@@ -190,15 +363,50 @@ def _try_bool(t: torch.Tensor) -> bool | None:
         return None
 
 
-def _check_run_args(max_iter: int, tol: float | None, check_every: int) -> None:
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-        raise ValueError(f"unroll.algorithms.run: max_iter must be an int >= 1, got {max_iter!r}.")
-    if tol is not None and not tol > 0:
-        raise ValueError(f"unroll.algorithms.run: tol must be positive or None, got {tol!r}.")
-    if not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(
-            f"unroll.algorithms.run: check_every must be an int >= 1, got {check_every!r}."
+def check_count(api: str, name: str, value: Any) -> None:
+    """Raise a TypeError (not an int, or a bool) or ValueError (< 1) naming ``api``.
+
+    Example:
+        >>> check_count("api", "max_iter", True)
+        Traceback (most recent call last):
+        ...
+        TypeError: api: max_iter must be an int >= 1, got True (a bool); pass e.g. max_iter=5.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "a bool" if isinstance(value, bool) else type(value).__name__
+        raise TypeError(
+            f"{api}: {name} must be an int >= 1, got {value!r} ({kind}); pass e.g. {name}=5."
         )
+    if value < 1:
+        raise ValueError(f"{api}: {name} must be an int >= 1, got {value!r}; pass e.g. {name}=5.")
+
+
+def check_tol(api: str, tol: Any) -> None:
+    """Raise a ValueError naming ``api`` unless ``tol`` is None or a finite number > 0.
+
+    Example:
+        >>> check_tol("api", 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: api: tol must be a finite number > 0 or None, got 0.0; pass e.g. tol=1e-5.
+    """
+    number = isinstance(tol, (int, float)) and not isinstance(tol, bool)
+    if tol is not None and not (number and 0 < tol < math.inf):
+        raise ValueError(
+            f"{api}: tol must be a finite number > 0 or None, got {tol!r}; pass e.g. tol=1e-5."
+        )
+
+
+def _check_run_args(algorithm: Any, max_iter: int, tol: float | None, check_every: int) -> None:
+    api = "unroll.algorithms.run"
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(
+            f"{api}: algorithm must be an unroll.algorithms.Algorithm (e.g. "
+            f"unroll.algorithms.pgd(L2(), prior)), got {type(algorithm).__name__}."
+        )
+    check_count(api, "max_iter", max_iter)
+    check_tol(api, tol)
+    check_count(api, "check_every", check_every)
 
 
 def run(
@@ -213,6 +421,7 @@ def run(
     trace: bool = False,
     cost: Callable[[torch.Tensor, torch.Tensor, Any, dict], torch.Tensor] | None = None,
     init: Any = None,
+    per_iteration: str | Collection[str] = (),
 ) -> tuple[torch.Tensor, RunInfo]:
     """Run ``algorithm`` for ``max_iter`` iterations, with optional early stopping and traces.
 
@@ -228,13 +437,17 @@ def run(
         algorithm: an :class:`Algorithm`.
         y: measurements, leading dimension = batch.
         physics: the forward operator.
-        params: parameter dict; leaves with leading dimension ``max_iter`` are per-iteration.
+        params: parameter dict; keys outside the algorithm's :attr:`Algorithm.param_names`
+            raise. Values are shared by all iterations, whatever their shape, except those named
+            in ``per_iteration``.
         max_iter: number of iterations (>= 1).
         tol: relative-change tolerance for early stopping, or None (run ``max_iter``).
         check_every: iterations between two convergence checks on the host.
         trace: record per-iteration residuals (and ``cost``) in the returned info.
         cost: optional ``(x, y, physics, params_k) -> (B,)`` objective, traced when ``trace``.
         init: optional initial state, replacing ``algorithm.init``.
+        per_iteration: keys of ``params`` that hold one value per iteration along their
+            leading dimension (``max_iter`` long): iteration ``k`` reads ``params[key][k]``.
 
     Returns:
         ``(x, RunInfo)`` with ``x = output(state)``.
@@ -248,11 +461,21 @@ def run(
         >>> x, info = run(pgd(L2(), L1Prior()), y, Denoising(), {"stepsize": 1.0}, 100, tol=1e-6)
         >>> bool(info.converged.all()), int(info.num_iter) < 100
         (True, True)
+        >>> steps = torch.tensor([1.0, 0.5, 0.25])  # one step size per iteration
+        >>> x, _ = run(pgd(L2(), L1Prior()), y, Denoising(), {"stepsize": steps}, 3,
+        ...            per_iteration=("stepsize",))
     """
-    _check_run_args(max_iter, tol, check_every)
-    params = canonical(params)
-    check_hyperparameters("unroll.algorithms.run", params, tensors=False)
-    state = algorithm.init(y, physics, params_at(params, 0, max_iter)) if init is None else init
+    api = "unroll.algorithms.run"
+    _check_run_args(algorithm, max_iter, tol, check_every)
+    known = known_params(algorithm)
+    names = per_iteration_names(api, per_iteration, known)
+    if not isinstance(params, dict):
+        params = canonical(params, api)  # raises the TypeError
+    check_keys(api, params, known, "parameter")
+    params = canonical(params, api)
+    check_per_iteration(api, params, names, max_iter)
+    check_hyperparameters(api, params, tensors=False)
+    state = algorithm.init(y, physics, params_at(params, 0, names)) if init is None else init
     x = algorithm.output(state)
     if x.dim() == 0:
         raise ValueError("unroll.algorithms.run: the estimate needs a leading batch dimension.")
@@ -262,7 +485,7 @@ def run(
     residuals, costs = [], []
     k = 0
     while k < max_iter:
-        p_k = params_at(params, k, max_iter)
+        p_k = params_at(params, k, names)
         new_state = algorithm.step(state, y, physics, p_k)
         new_x = algorithm.output(new_state)
         if tol is not None or trace:

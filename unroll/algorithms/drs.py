@@ -51,4 +51,4 @@ def drs(data_fidelity: Any, prior: Any) -> Algorithm:
         v = c.prior_prox(prior, 2 * x - state.z, gamma * c.lambda_reg(p), p)
         return DRSState(x, state.z + c.beta(p) * (v - x))
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.RELAXED_PARAMS)

@@ -55,4 +55,4 @@ def fista(data_fidelity: Any, prior: Any) -> Algorithm:
         a = ((state.t - 1) / t).reshape((-1,) + (1,) * (x.dim() - 1))
         return FISTAState(x, x + a * (x - state.x), t)
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)

@@ -52,4 +52,4 @@ def gd(data_fidelity: Any, prior: Any) -> Algorithm:
         )
         return GDState(state.x - c.stepsize(p) * g)
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)

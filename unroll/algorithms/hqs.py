@@ -45,4 +45,4 @@ def hqs(data_fidelity: Any, prior: Any) -> Algorithm:
         z = data_fidelity.prox(state.x, y, physics, gamma)
         return HQSState(c.prior_prox(prior, z, gamma * c.lambda_reg(p), p))
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)

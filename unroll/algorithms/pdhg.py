@@ -54,4 +54,4 @@ def pdhg(data_fidelity: Any, prior: Any) -> Algorithm:
         u = v - sig * data_fidelity.d_prox(v / sig, y, 1 / sig)
         return PDHGState(x, u)
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.PDHG_PARAMS)

@@ -44,4 +44,4 @@ def pgd(data_fidelity: Any, prior: Any) -> Algorithm:
         u = state.x - gamma * data_fidelity.grad(state.x, y, physics)
         return PGDState(c.prior_prox(prior, u, gamma * c.lambda_reg(p), p))
 
-    return Algorithm(init, step, lambda s: s.x)
+    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
