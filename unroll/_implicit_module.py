@@ -40,6 +40,7 @@ Design notes:
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -74,6 +75,12 @@ class ImplicitModule(nn.Module):
 
     :meth:`parameters` / :meth:`named_parameters` yield only the meta-parameters, so
     ``torch.optim.Adam(module.parameters())`` is the outer optimizer.
+
+    Threads: the inner solution is state of the module, so one module serves one thread at a
+    time. ``solve`` and calls hold a per-module lock (they never interleave), and calling the
+    module from a thread while its solution was last computed by another, still running,
+    thread raises ``RuntimeError`` (that thread's solution would give wrong meta-gradients):
+    give each thread its own copy (``copy.deepcopy(module)``).
 
     Meta-gradients also flow through ``torch.func``: with a ``forward`` that calls
     ``self.solve(...)``, ``torch.func.grad`` / ``vmap`` of a loss of
@@ -136,6 +143,40 @@ class ImplicitModule(nn.Module):
         self._inner_tensors: list[str] = []
         self._inner_modules: list[str] = []
         self._solve_depth = 0
+        self._lock = threading.RLock()
+        self._solved_by: int | None = None
+
+    # ------------------------------------------------------------------ threads
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_lock", None)  # a lock cannot be copied or pickled: a copy gets its own
+        state["_solved_by"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._lock = threading.RLock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            return super().__call__(*args, **kwargs)
+        with lock:
+            self._check_thread()
+            return super().__call__(*args, **kwargs)
+
+    def _check_thread(self) -> None:
+        owner = self.__dict__.get("_solved_by")
+        me = threading.get_ident()
+        if owner is None or owner == me:
+            return
+        if any(t.ident == owner for t in threading.enumerate()):
+            raise RuntimeError(
+                f"{_API}: {type(self).__name__} was last solved by another running thread; "
+                "its inner solution is module state, so this call would use that thread's "
+                "solution and give wrong meta-gradients. Give each thread its own module "
+                "(copy.deepcopy(module)), or call solve(...) in this thread first."
+            )
 
     # ------------------------------------------------------------------ registration
     def register_inner(self, name: str, value: torch.Tensor | nn.Module) -> None:
@@ -217,6 +258,13 @@ class ImplicitModule(nn.Module):
 
     # ------------------------------------------------------------------ implicit solve
     def _implicit_solve(self, user_solve: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        with self._lock:  # one solve at a time; it mutates the module's inner solution
+            self._solved_by = threading.get_ident()
+            return self._implicit_solve_locked(user_solve, args, kwargs)
+
+    def _implicit_solve_locked(
+        self, user_solve: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
         if self._solve_depth:  # super().solve() inside an overriding solve: plain call
             return user_solve(self, *args, **kwargs)
         names = [n for n, _ in self.named_inner_parameters()]

@@ -271,16 +271,18 @@ class _Checks:
     def due(self, k: int) -> bool:
         return k >= self.next or k == self.maxiter
 
-    def record(self, k: int, r: torch.Tensor, thr: Any, fz: list[torch.Tensor]) -> bool:
-        """Record the residuals ``r`` of iteration ``k`` (``fz``: that iteration's output);
-        True when the loop should stop. A problem whose residual is NaN/Inf or grew past
-        ``DIVERGENCE_FACTOR`` times its first value stops (``failed``); the last checked
-        iterate that was neither is kept in ``good``."""
-        r = r.detach()
+    def record(self, k: int, r: torch.Tensor, thr: Any, fz: list[torch.Tensor],
+               size: torch.Tensor) -> bool:
+        """Record the residuals ``r`` of iteration ``k`` (``fz``: that iteration's output,
+        ``size``: its absolute residual ``‖f(z) − z‖``); True when the loop should stop. A
+        problem whose absolute residual is NaN/Inf or grew past ``DIVERGENCE_FACTOR`` times
+        its first value stops (``failed``; a relative residual can stay bounded while the
+        iterates blow up); the last checked iterate that was neither is kept in ``good``."""
+        r, size = r.detach(), size.detach()
         if self.first is None:
-            self.first = r
+            self.first = size
             self.failed = torch.zeros_like(r, dtype=torch.bool)
-        bad = ~(r <= DIVERGENCE_FACTOR * self.first) & ~(r <= thr)  # NaN-safe
+        bad = ~(size <= DIVERGENCE_FACTOR * self.first) & ~(r <= thr)  # NaN-safe
         if self.done is not None:
             bad = bad & ~self.done
         self.failed = self.failed | bad
@@ -358,7 +360,7 @@ def _iterate(
         if checks.due(k):
             zl, fl = fmap.leaves(z), fmap.leaves(fz)
             res = _norm([a - b for a, b in zip(fl, zl)], batched)
-            finished = checks.record(k, *stop(res, fl), fl)
+            finished = checks.record(k, *stop(res, fl), fl, res)
             z = fz if frozen is None else fmap.pack(_freeze(frozen, zl, fl))
             if finished:
                 break
@@ -514,7 +516,7 @@ def _anderson(
         g = fx - x
         if checks.due(k):
             res = torch.linalg.vector_norm(g, dim=1 if batched else None)
-            if checks.record(k, *stop(res, fz), fz) or k == maxiter:
+            if checks.record(k, *stop(res, fz), fz, res) or k == maxiter:
                 break
             if checks.any_done:
                 frozen = checks.stopped().reshape(-1, 1)

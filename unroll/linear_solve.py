@@ -558,12 +558,7 @@ def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str,
     # One system checked on the host every iteration runs unmasked; otherwise systems are
     # frozen by masks once converged (batched, inside vmap, or checked every k > 1 steps).
     if opts.batched or st.loop.check_every > 1 or _in_vmap():
-        x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=False)
-        if _host_any(~(rs <= st.thresh_sq) if not opts.fixed else ~torch.isfinite(rs)):
-            # rare: a system stopped short, broke down or met NaN. Run again with per-step
-            # guards, which freeze a failing system at its last finite iterate and say why
-            # (the common path pays nothing for them).
-            x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=True)
+        x, rs, count, failed = _cg_masked(st, opts.return_info)
     else:
         x, rs, count, failed = _cg_single(st)
     info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
@@ -608,51 +603,48 @@ def _cg_single(st: _Start):
     return x, rs, torch.full_like(rs, k, dtype=torch.long), code
 
 
-def _cg_masked(st: _Start, count_iters: bool, guarded: bool):
+def _cg_masked(st: _Start, count_iters: bool):
     """CG on several systems (or under ``vmap``), converged systems frozen by masks.
 
-    ``guarded``: also freeze a system that breaks down (``pᵀAp ≤ 0``) or meets NaN/Inf at its
-    last finite iterate and record why (``failed``); a few more ops per step.
+    A system that breaks down (``pᵀAp ≤ 0``) or meets NaN/Inf is frozen too, at its last
+    finite iterate (its step is zeroed and its residual kept); such a system ends inactive but
+    above its tolerance, which ``failed`` labels (non-finite if NaN/Inf was met).
     """
     op, x, r, dots, loop, thresh_sq = st
     tiny = torch.finfo(thresh_sq.dtype).tiny
     one = dots.single
     rs = dots.sq(r)
-    fin0 = torch.isfinite(rs)
-    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq, "nonfin": ~fin0,
-         "stopped": ~fin0, "count": torch.zeros_like(rs, dtype=torch.long) if count_iters
-         else None}
+    nonfin = ~torch.isfinite(rs)
+    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq, "nonfin": nonfin,
+         "count": torch.zeros_like(rs, dtype=torch.long) if count_iters else None}
 
     def step(_: int) -> torch.Tensor:
         act = s["active"]
         ap = op(s["p"])
         pap = dots.rdot(s["p"], ap)
-        ok = act & (pap > 0) if guarded else act  # a frozen system may have p = 0
+        ok = act & (pap > 0)  # frozen systems may have p = 0; NaN fails too
         alpha = torch.where(ok, s["rs"] / (pap + tiny), 0)
         if one:  # broadcast once for both updates
             alpha = dots.expand(alpha, ap[0])
-        s["x"] = dots.axpy(alpha, s["p"], s["x"], expanded=one)
+        s["x"] = dots.axpy(alpha, s["p"], s["x"], expanded=one)  # x kept where alpha = 0
         r_new = dots.axpy(alpha, ap, s["r"], sign=-1, expanded=one)
         rs_new = dots.sq(r_new)
-        if guarded:  # keep the last finite residual (x is kept: alpha = 0)
-            fin = torch.isfinite(rs_new)
-            s["nonfin"] = s["nonfin"] | (act & ~fin)
-            ok = ok & fin
-            s["stopped"] = s["stopped"] | (act & ~ok)
-            r_new = [torch.where(dots.expand(ok, a), a, o) for a, o in zip(r_new, s["r"])]
-            rs_new = torch.where(ok, rs_new, s["rs"])
-        s["r"] = r_new
-        s["p"] = dots.axpy(rs_new / (s["rs"] + tiny), s["p"], r_new)
+        fin = torch.isfinite(rs_new)
+        s["nonfin"] = s["nonfin"] | ~fin
+        ok = ok & fin
+        s["r"] = [torch.where(dots.expand(ok, a), a, o) for a, o in zip(r_new, s["r"])]
+        rs_new = torch.where(ok, rs_new, s["rs"])
+        s["p"] = dots.axpy(rs_new / (s["rs"] + tiny), s["p"], s["r"])
         if s["count"] is not None:
             s["count"] = s["count"] + act
-        s["rs"] = torch.where(ok, rs_new, s["rs"])
-        # frozen systems keep rs <= thresh; a NaN one drops out here and is caught after
-        s["active"] = ok & (s["rs"] > thresh_sq) if guarded else s["rs"] > thresh_sq
+        s["rs"] = rs_new
+        s["active"] = ok & (rs_new > thresh_sq)  # frozen systems keep rs <= thresh
         return s["active"]
 
     k = loop.run(step, s["active"])
     count = s["count"] if s["count"] is not None else k
-    failed = torch.where(s["stopped"], torch.where(s["nonfin"], NON_FINITE, BREAKDOWN), 0)
+    stopped = ~s["active"] & ~(s["rs"] <= thresh_sq)
+    failed = torch.where(stopped, torch.where(s["nonfin"], NON_FINITE, BREAKDOWN), 0)
     return s["x"], s["rs"], count, failed
 
 
