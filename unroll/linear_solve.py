@@ -319,6 +319,10 @@ class _Dots:
             return [torch.addcmul(y[0], s, x[0], value=sign)]
         return [torch.addcmul(yy, self.expand(s, xx), xx, value=sign) for xx, yy in zip(x, y)]
 
+    def mask(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A per-problem boolean mask shaped to broadcast against ``like``."""
+        return m.reshape(m.shape + (1,) * (like.dim() - 1)) if self.batched else m
+
     def expand(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if self.batched:
             s = s.reshape(s.shape + (1,) * (like.dim() - 1))
@@ -632,7 +636,7 @@ def _cg_masked(st: _Start, count_iters: bool):
         fin = torch.isfinite(rs_new)
         s["nonfin"] = s["nonfin"] | ~fin
         ok = ok & fin
-        s["r"] = [torch.where(dots.expand(ok, a), a, o) for a, o in zip(r_new, s["r"])]
+        s["r"] = [torch.where(dots.mask(ok, a), a, o) for a, o in zip(r_new, s["r"])]
         rs_new = torch.where(ok, rs_new, s["rs"])
         s["p"] = dots.axpy(rs_new / (s["rs"] + tiny), s["p"], s["r"])
         if s["count"] is not None:
@@ -810,7 +814,7 @@ def solve_bicgstab(
         ok = act & fin & (rho != 0) & (rhv != 0)
         s["failed"] = torch.where(act & ~ok, torch.where(fin, BREAKDOWN, NON_FINITE),
                                   s["failed"])
-        keep = [dots.expand(ok, a) for a in r_new]
+        keep = [dots.mask(ok, a) for a in r_new]
         s["x"] = [torch.where(m, a, o) for m, a, o in zip(keep, x_new, s["x"])]
         s["r"] = [torch.where(m, a, o) for m, a, o in zip(keep, r_new, s["r"])]
         s["p"], s["v"] = p, v
@@ -890,13 +894,13 @@ def solve_gmres(
         s["used"] += m
         act = s["active"]
         update = _arnoldi_lstsq(op, dots, s["r"], s["rs"], m)
-        x_new = [a + torch.where(dots.expand(act, u), u, torch.zeros_like(u))
+        x_new = [a + torch.where(dots.mask(act, u), u, torch.zeros_like(u))
                  for a, u in zip(s["x"], update)]
         r_new = [bb - ax for bb, ax in zip(bl, op(x_new))]
         rs_new = dots.sq(r_new)
         ok = act & torch.isfinite(rs_new)  # NaN/Inf: keep the last finite iterate
         s["failed"] = torch.where(act & ~ok, NON_FINITE, s["failed"])
-        keep = [dots.expand(ok, t) for t in r_new]
+        keep = [dots.mask(ok, t) for t in r_new]
         s["x"] = [torch.where(k, a, o) for k, a, o in zip(keep, x_new, s["x"])]
         s["r"] = [torch.where(k, a, o) for k, a, o in zip(keep, r_new, s["r"])]
         if s["count"] is not None:

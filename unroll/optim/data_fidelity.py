@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
+from unroll.physics._utils import check_level
+
 Tensor = torch.Tensor
+
+
+def _check_step(api: str, gamma: Any) -> None:
+    """A prox step ``γ`` finite and > 0 (a number: free; a tensor: one host read)."""
+    check_level(api, "gamma", gamma, strict=True, fix="Pass a positive step, e.g. gamma=1.0.")
 
 
 def _per_sample_sum(t: Tensor) -> Tensor:
@@ -40,9 +47,9 @@ class L2:
         tensor([[0.5000, 0.5000]])
     """
 
-    def __init__(self, sigma: float = 1.0):
-        if not (isinstance(sigma, (int, float, Tensor)) and sigma > 0):
-            raise ValueError(f"unroll.optim.L2: sigma must be a positive number, got {sigma!r}.")
+    def __init__(self, sigma: float | Tensor = 1.0):
+        check_level("unroll.optim.L2", "sigma", sigma, strict=True,
+                    fix="Pass the measurement noise level, e.g. L2(sigma=1.0).")
         self.sigma = sigma
 
     def __repr__(self) -> str:
@@ -62,7 +69,9 @@ class L2:
         return self._inv_var * (u - y)
 
     def d_prox(self, u: Tensor, y: Tensor, gamma: Tensor | float) -> Tensor:
-        """``argmin_v ‖v − y‖²/(2σ²) + ‖v − u‖²/(2γ) = (u + γ y/σ²) / (1 + γ/σ²)``."""
+        """``argmin_v ‖v − y‖²/(2σ²) + ‖v − u‖²/(2γ) = (u + γ y/σ²) / (1 + γ/σ²)``
+        (``γ`` finite, > 0)."""
+        _check_step("unroll.optim.L2.d_prox", gamma)
         c = gamma * self._inv_var
         return (u + c * y) / (1 + c)
 
@@ -102,10 +111,10 @@ class L1:
     """
 
     def __init__(self, max_iter: int = 100, norm: float | None = None):
-        if not isinstance(max_iter, int) or max_iter < 1:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"unroll.optim.L1: max_iter must be an int >= 1, got {max_iter!r}.")
-        if norm is not None and not norm > 0:
-            raise ValueError(f"unroll.optim.L1: norm must be positive or None, got {norm!r}.")
+        check_level("unroll.optim.L1", "norm", norm, strict=True, allow_none=True,
+                    fix="Pass ‖A‖² (the largest eigenvalue of AᵀA), or None to estimate it.")
         self.max_iter = max_iter
         self.norm = norm
 
@@ -121,7 +130,8 @@ class L1:
         return torch.sgn(u - y)
 
     def d_prox(self, u: Tensor, y: Tensor, gamma: Tensor | float) -> Tensor:
-        """``argmin_v ‖v − y‖₁ + ‖v − u‖²/(2γ) = y + soft(u − y, γ)``."""
+        """``argmin_v ‖v − y‖₁ + ‖v − u‖²/(2γ) = y + soft(u − y, γ)`` (``γ`` finite, > 0)."""
+        _check_step("unroll.optim.L1.d_prox", gamma)
         return y + soft_threshold(u - y, gamma)
 
     def value(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
@@ -133,7 +143,9 @@ class L1:
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
 
     def prox(self, z: Tensor, y: Tensor, physics: Any, gamma: Tensor | float) -> Tensor:
-        """``argmin_x ‖A x − y‖₁ + ‖x − z‖²/(2γ)`` by projected gradient on the dual."""
+        """``argmin_x ‖A x − y‖₁ + ‖x − z‖²/(2γ)`` by projected gradient on the dual
+        (``γ`` finite, > 0)."""
+        _check_step("unroll.optim.L1.prox", gamma)
         norm = self.norm if self.norm is not None else _operator_norm_sq(physics, z)
         w = torch.zeros_like(y)
         for _ in range(self.max_iter):

@@ -17,13 +17,27 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from unroll.optim.data_fidelity import soft_threshold
+from unroll.physics._utils import check_level
 
 Tensor = torch.Tensor
+
+_GAMMA_FIX = (
+    "gamma is the prox step (stepsize x lambda_reg in the algorithms); pass a finite value "
+    ">= 0 (gamma = 0 returns x unchanged)."
+)
+_SIGMA_FIX = "Pass the denoiser's noise level, e.g. sigma_denoiser=0.05."
+
+
+def _check_gamma(prior: Prior, gamma: Any) -> None:
+    """``gamma`` finite and >= 0 (a number: free; a tensor: one host read)."""
+    api = f"unroll.optim.{type(prior).__name__}.prox"
+    check_level(api, "gamma", gamma, strict=False, fix=_GAMMA_FIX)
 
 
 def _per_sample_sum(t: Tensor) -> Tensor:
@@ -80,15 +94,45 @@ class _DenoiserPrior(Prior):
         return {}
 
     def denoise(self, x: Tensor, sigma, weights=None) -> Tensor:
-        """``D(x, σ)`` with the given weights (the module's own when None or empty)."""
+        """``D(x, σ)`` with the given weights (the module's own when None or empty).
+
+        ``σ`` must be finite and >= 0 (a number: no host read; a tensor: one). A denoiser whose
+        weights' precision differs from ``x``'s raises a ``TypeError`` naming both dtypes."""
+        api = f"unroll.optim.{type(self).__name__}"
         if sigma is None:
             raise ValueError(
-                f"unroll.optim.{type(self).__name__}: the denoiser needs a noise level; set "
-                "sigma_denoiser (or g_param)."
+                f"{api}: the denoiser needs a noise level; set sigma_denoiser (or g_param)."
             )
-        if weights and isinstance(self.denoiser, nn.Module):
-            return torch.func.functional_call(self.denoiser, weights, (x, sigma))
-        return self.denoiser(x, sigma)
+        check_level(api, "sigma (the denoiser's noise level)", sigma, strict=False,
+                    fix=_SIGMA_FIX)
+        use_weights = bool(weights) and isinstance(self.denoiser, nn.Module)
+        try:
+            if use_weights:
+                return torch.func.functional_call(self.denoiser, weights, (x, sigma))
+            return self.denoiser(x, sigma)
+        except RuntimeError as err:
+            wdtype = _weights_dtype(self.denoiser, weights if use_weights else None)
+            if wdtype is None or wdtype == x.dtype or not x.is_floating_point():
+                raise
+            raise TypeError(
+                f"{api}: the denoiser's weights are {wdtype} but x is {x.dtype}; use one "
+                f"precision: convert the model with .to({x.dtype}) (e.g. model.double()) or the "
+                f"data with .to({wdtype})."
+            ) from err
+
+
+def _weights_dtype(denoiser: Callable, weights: dict[str, Tensor] | None) -> torch.dtype | None:
+    """The floating dtype of the denoiser's first floating weight (None if it has none)."""
+    if weights is not None:
+        tensors = list(weights.values())
+    elif isinstance(denoiser, nn.Module):
+        tensors = [*denoiser.parameters(), *denoiser.buffers()]
+    else:
+        return None
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.dtype
+    return None
 
 
 class PnP(_DenoiserPrior):
@@ -126,9 +170,10 @@ class RED(_DenoiserPrior):
 
 
 class Tikhonov(Prior):
-    """``g(x) = ½‖x‖²``: ``prox(x, γ) = x / (1 + γ)``, ``∇g(x) = x``."""
+    """``g(x) = ½‖x‖²``: ``prox(x, γ) = x / (1 + γ)`` (``γ`` finite, ``>= 0``), ``∇g(x) = x``."""
 
     def prox(self, x: Tensor, gamma, sigma=None, weights=None) -> Tensor:
+        _check_gamma(self, gamma)
         return x / (1 + gamma)
 
     def grad(self, x: Tensor, sigma=None, weights=None) -> Tensor:
@@ -139,9 +184,11 @@ class Tikhonov(Prior):
 
 
 class L1Prior(Prior):
-    """``g(x) = ‖x‖₁``: ``prox(x, γ) = sign(x) max(|x| − γ, 0)`` (soft thresholding)."""
+    """``g(x) = ‖x‖₁``: ``prox(x, γ) = sign(x) max(|x| − γ, 0)`` (soft thresholding; ``γ``
+    finite, ``>= 0``)."""
 
     def prox(self, x: Tensor, gamma, sigma=None, weights=None) -> Tensor:
+        _check_gamma(self, gamma)
         return soft_threshold(x, gamma)
 
     def value(self, x: Tensor, sigma=None, weights=None) -> Tensor:
@@ -153,7 +200,9 @@ class TVPrior(Prior):
 
     ``prox(x, γ) = argmin_u ½‖u − x‖² + γ TV(u)`` by the fast gradient projection (FGP) on the
     dual: ``u = x − γ ∇ᵀp``, ``‖p_i‖ ≤ 1``, step ``1/(8γ)``, ``n_it_max`` iterations (a fixed
-    count: no host synchronisation). Forward differences with Neumann boundaries.
+    count: no host synchronisation inside the loop). Forward differences with Neumann
+    boundaries. ``γ`` must be finite and ``>= 0``; ``γ = 0`` (e.g. ``lambda_reg = 0``) returns
+    ``x`` (entry-wise for a tensor ``γ``).
 
     Args:
         n_it_max: dual iterations per prox (default 200).
@@ -161,18 +210,27 @@ class TVPrior(Prior):
 
     def __init__(self, n_it_max: int = 200):
         super().__init__()
-        if not isinstance(n_it_max, int) or n_it_max < 1:
+        if isinstance(n_it_max, bool) or not isinstance(n_it_max, int) or n_it_max < 1:
             raise ValueError(
                 f"unroll.optim.TVPrior: n_it_max must be an int >= 1, got {n_it_max!r}."
             )
         self.n_it_max = n_it_max
 
     def prox(self, x: Tensor, gamma, sigma=None, weights=None) -> Tensor:
+        _check_gamma(self, gamma)
+        if not isinstance(gamma, Tensor) and gamma == 0:
+            return x.clone()
+        if isinstance(gamma, Tensor) and not gamma.is_floating_point():
+            gamma = gamma.to(x.real.dtype)
+        # 8γ, with +inf where γ = 0 (its dual step is then zero and u stays x)
+        step_den = 8 * gamma if not isinstance(gamma, Tensor) else torch.where(
+            gamma > 0, 8 * gamma, torch.full_like(gamma, torch.inf)
+        )
         p = torch.zeros((2, *x.shape), dtype=x.dtype, device=x.device)
         q, t = p, 1.0
         for _ in range(self.n_it_max):
             u = x - gamma * grad_adjoint(q)
-            p_new = _project_unit(q + image_gradient(u) / (8 * gamma))
+            p_new = _project_unit(q + image_gradient(u) / step_den)
             t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
             q = p_new + ((t - 1) / t_new) * (p_new - p)
             p, t = p_new, t_new
@@ -201,5 +259,7 @@ def grad_adjoint(p: Tensor) -> Tensor:
 
 
 def _project_unit(p: Tensor) -> Tensor:
-    norm = p.abs().square().sum(0, keepdim=True).sqrt()
-    return p / torch.clamp(norm, min=1.0)
+    """``p / max(‖p‖, 1)`` per pixel, as ``p / sqrt(max(‖p‖², 1))``: the same values, but no
+    ``sqrt`` at 0 (whose infinite derivative made gradients w.r.t. ``γ`` NaN)."""
+    norm_sq = p.abs().square().sum(0, keepdim=True)
+    return p / torch.clamp(norm_sq, min=1.0).sqrt()

@@ -12,6 +12,7 @@ call only (use :meth:`LinearPhysics.replace` for a modified copy).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -19,6 +20,14 @@ import optree
 import torch
 
 from unroll import tree
+from unroll.physics._utils import (
+    SolveOptions,
+    check_solve_options,
+    complex_of,
+    is_number,
+    require_tensor,
+    validate_prox_gamma,
+)
 
 __all__ = ["LinearPhysics", "ComposedPhysics", "compose"]
 
@@ -106,8 +115,8 @@ class LinearPhysics:
             raise TypeError(f"{name}: noise_model must be callable y -> noisy y, or None.")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter <= 0:
             raise ValueError(f"{name}: max_iter must be a positive int, got {max_iter!r}.")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-            raise ValueError(f"{name}: tol must be a number >= 0, got {tol!r}.")
+        if not (is_number(tol) and math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"{name}: tol must be a finite number >= 0, got {tol!r}.")
         if not isinstance(implicit_backward_solver, bool):
             raise TypeError(f"{name}: implicit_backward_solver must be True or False.")
         self.noise_model = noise_model
@@ -179,23 +188,38 @@ class LinearPhysics:
         max_iter: int | None = None,
         tol: float | None = None,
         implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
     ) -> torch.Tensor:
         r"""Proximal step of the data fidelity :math:`f(x) = \tfrac12\|Ax-y\|^2`:
 
         .. math:: h = \arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2
                     = (A^\top A + I/\gamma)^{-1}(A^\top y + z/\gamma),
 
-        per sample. ``gamma``: a number, a 0-dim tensor, a per-sample ``(B,)`` tensor or a
-        tensor shaped like ``z``. This default runs conjugate gradient through
-        :func:`least_squares`; keyword options override the object's settings for this call
-        only (closed-form subclasses ignore them).
+        per sample. ``gamma``: a finite ``γ > 0``: a number, a 0-dim tensor, a per-sample
+        ``(B,)`` tensor or a tensor shaped like ``z`` (a large finite ``γ`` gives the
+        data-consistent limit: the least-squares solution nearest ``z``). This default runs
+        conjugate gradient through :func:`least_squares`; the keyword options
+        ``max_iter``, ``tol``, ``implicit_backward_solver`` override the object's settings for
+        this call only and ``on_failure`` (``"warn"`` / ``"raise"`` / ``"ignore"``, default
+        ``"warn"``) says what an unconverged solve does; closed-form subclasses validate and
+        ignore them (they cannot fail). Any other name raises a ``TypeError``.
         """
+        api = f"{type(self).__name__}.prox_l2"
+        opts = check_solve_options(
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
+        )
+        require_tensor(api, "z", z)
+        validate_prox_gamma(api, gamma, z)
+        return self._cg_prox(z, y, gamma, opts)
+
+    def _cg_prox(
+        self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
+    ) -> torch.Tensor:
+        """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
         from unroll.physics.prox import least_squares
 
-        return least_squares(
-            self, y, z, gamma, max_iter=max_iter, tol=tol,
-            implicit_backward_solver=implicit_backward_solver,
-        )
+        return least_squares(self, y, z, gamma, **opts.least_squares_kwargs())
 
     def A_dagger(
         self,
@@ -204,16 +228,63 @@ class LinearPhysics:
         max_iter: int | None = None,
         tol: float | None = None,
         implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
     ) -> torch.Tensor:
         r"""Minimum-norm least-squares solution :math:`A^\dagger y = \arg\min \|x\|` over
         :math:`\arg\min_x \|Ax-y\|`, here by conjugate gradient on :math:`A^\top A x =
-        A^\top y` from zero (subclasses with a closed form override it)."""
+        A^\top y` from zero (subclasses with a closed form override it). Options as in
+        :meth:`prox_l2`."""
         from unroll.physics.prox import least_squares
 
-        return least_squares(
-            self, y, None, None, max_iter=max_iter, tol=tol,
-            implicit_backward_solver=implicit_backward_solver,
+        api = f"{type(self).__name__}.A_dagger"
+        opts = check_solve_options(
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
         )
+        return least_squares(self, y, None, None, **opts.least_squares_kwargs())
+
+    # ------------------------------------------------------------------ precision / device
+    def to(
+        self,
+        *args: torch.dtype | torch.device | str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> LinearPhysics:
+        """A copy whose tensors (kernel, mask, coil maps, matrix, a tensor noise level) are
+        converted; the original is left untouched.
+
+        ``physics.to(torch.float64)``, ``physics.to("cuda")``, ``physics.to(device, dtype)``.
+        A real ``dtype`` converts real floating tensors to it and complex ones to the matching
+        complex dtype (``float64`` → ``complex128``); integer and bool tensors keep their
+        dtype. Tensors captured by plain callables (``LinearPhysics(A, A_adjoint)``) are not
+        reached.
+        """
+        name = f"{type(self).__name__}.to"
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (torch.device, str)):
+                device = arg
+            else:
+                raise TypeError(
+                    f"{name}: pass a torch.dtype and/or a device, got {type(arg).__name__}."
+                )
+        if dtype is not None and dtype.is_complex:
+            dtype = torch.empty((), dtype=dtype).real.dtype
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"{name}: dtype must be a floating dtype, got {dtype}.")
+
+        def convert(t: Any) -> Any:
+            if not isinstance(t, torch.Tensor):
+                return t
+            target = t.dtype
+            if dtype is not None and t.is_complex():
+                target = complex_of(dtype)
+            elif dtype is not None and t.is_floating_point():
+                target = dtype
+            return t.to(device=device, dtype=target)
+
+        return tree.map(convert, self)
 
     # ------------------------------------------------------------------ composition
     def __mul__(self, other: LinearPhysics) -> ComposedPhysics:

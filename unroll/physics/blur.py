@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from unroll.physics._utils import require_image, require_real
+from unroll.physics._utils import require_image, require_real, require_same_precision
 from unroll.physics.base import LinearPhysics
 
 __all__ = ["Blur", "gaussian_blur", "conv2d", "conv_transpose2d"]
@@ -65,8 +65,10 @@ def gaussian_blur(
         s_h = s_w = float(sigma)
     else:
         s_h, s_w = map(float, sigma)
-    if not (s_h > 0 and s_w > 0):
-        raise ValueError(f"gaussian_blur: sigma must be > 0, got {sigma!r}.")
+    if not (0 < s_h < math.inf and 0 < s_w < math.inf):
+        raise ValueError(f"gaussian_blur: sigma must be > 0 and finite, got {sigma!r}.")
+    if not math.isfinite(angle):
+        raise ValueError(f"gaussian_blur: angle must be a finite number of degrees, got {angle!r}.")
     if size is None:
         c = int(max(s_h, s_w) / 0.3 + 1)
         size = (2 * c + 1, 2 * c + 1)
@@ -180,12 +182,22 @@ def conv2d(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     ``(B, C, H - h + 1, W - w + 1)``. Adjoint: :func:`conv_transpose2d`. Large kernels
     (``h·w ≥ FFT_MIN_AREA``) go through real FFTs, small ones through a grouped convolution.
     """
+    _same_dtype("conv2d", x, k)
     return _conv_fft(x, k) if _use_fft(k) else _grouped(x, k, F.conv2d)
 
 
 def conv_transpose2d(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Adjoint of :func:`conv2d`: output ``(B, C, H + h - 1, W + w - 1)``."""
+    _same_dtype("conv_transpose2d", y, k)
     return _conv_transpose_fft(y, k) if _use_fft(k) else _grouped(y, k, F.conv_transpose2d)
+
+
+def _same_dtype(api: str, x: torch.Tensor, k: torch.Tensor) -> None:
+    if x.dtype != k.dtype:
+        raise TypeError(
+            f"{api}: the input is {x.dtype} but the kernel is {k.dtype}; convert one, e.g. "
+            f"k.to({x.dtype})."
+        )
 
 
 # ---------------------------------------------------------------------- the operator
@@ -243,6 +255,7 @@ class Blur(LinearPhysics):
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_image(api, name, x)
+        require_same_precision(api, "filter", self.filter, name, x)
         B, C, H, W = x.shape
         b, c, h, w = self.filter.shape
         if b not in (1, B) or c not in (1, C):

@@ -7,24 +7,30 @@ transfer function of the kernel zero-padded to the image and centred at ``(h // 
 operator). Hence
 
 .. math:: \operatorname{prox}:
-          \hat h = \frac{\bar{\hat k}\,\hat y + \hat z/\gamma}{|\hat k|^2 + 1/\gamma},
+          \hat h = \frac{\bar{\hat k}\,\hat y + \hat z/\gamma}{|\hat k|^2 + 1/\gamma}
+                 = \hat z + \frac{\bar{\hat k}\,(\hat y - \hat k \hat z)}{|\hat k|^2 + 1/\gamma},
           \qquad A^\dagger y = \mathcal F^{-1}\Bigl[\tfrac{\bar{\hat k}}{|\hat k|^2}\hat y\Bigr]
           \ (\text{on } |\hat k| > \text{rtol}\cdot\max|\hat k|).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from unroll.physics._utils import (
+    check_prox_gamma,
+    check_solve_options,
     expand_per_sample,
     is_scalar_or_per_sample,
     require_image,
     require_real,
+    require_same_precision,
+    safe_denominator,
 )
 from unroll.physics.base import LinearPhysics
-from unroll.physics.prox import check_gamma
 
 __all__ = ["BlurFFT"]
 
@@ -89,6 +95,7 @@ class BlurFFT(LinearPhysics):
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_image(api, name, x)
+        require_same_precision(api, "filter", self.filter, name, x)
         size = self.img_size
         if tuple(x.shape[-len(size):]) != size:
             raise ValueError(
@@ -127,20 +134,50 @@ class BlurFFT(LinearPhysics):
         k = self.otf()
         return self._apply(x, k.real.square() + k.imag.square())
 
-    def prox_l2(self, z, y, gamma, **options):
-        self._check("BlurFFT.prox_l2", "z", z)
-        self._check("BlurFFT.prox_l2", "y", y)
-        gamma = check_gamma("BlurFFT.prox_l2", gamma, z)
+    def prox_l2(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        gamma: float | torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """Closed form ``ẑ + k̂* (ŷ − k̂ ẑ)/(|k̂|² + 1/γ)`` in Fourier (finite for any finite
+        ``γ > 0``); a full-shaped ``γ`` falls back to CG with the given options."""
+        api = "BlurFFT.prox_l2"
+        opts = check_solve_options(
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
+        )
+        self._check(api, "z", z)
+        self._check(api, "y", y)
+        gamma = check_prox_gamma(api, gamma, z)
         if not is_scalar_or_per_sample(gamma, z):
-            return super().prox_l2(z, y, gamma, **options)
+            return self._cg_prox(z, y, gamma, opts)
         g = expand_per_sample(gamma, z)
         k = self.otf()
-        num = g * k.conj() * torch.fft.rfft2(y) + torch.fft.rfft2(z)
-        den = g * (k.real.square() + k.imag.square()) + 1
-        return torch.fft.irfft2(num / den, s=tuple(self.img_size[-2:]))
+        z_hat = torch.fft.rfft2(z)
+        den = safe_denominator(k.real.square() + k.imag.square() + 1 / g)
+        h_hat = z_hat + k.conj() * (torch.fft.rfft2(y) - k * z_hat) / den
+        return torch.fft.irfft2(h_hat, s=tuple(self.img_size[-2:]))
 
-    def A_dagger(self, y, **options):
-        self._check("BlurFFT.A_dagger", "y", y)
+    def A_dagger(
+        self,
+        y: torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """Closed form (see the class docstring); the CG options are validated and ignored."""
+        api = "BlurFFT.A_dagger"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        self._check(api, "y", y)
         H, W = self.img_size[-2:]
         k = self.otf()
         mag2 = k.real.square() + k.imag.square()

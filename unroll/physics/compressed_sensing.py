@@ -3,10 +3,11 @@ r"""Compressed sensing with a Gaussian random matrix: :math:`y = \Phi\, \mathrm{
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from unroll.physics._utils import require_real
+from unroll.physics._utils import check_solve_options, require_real, require_same_precision
 from unroll.physics.base import LinearPhysics
 
 __all__ = ["CompressedSensing"]
@@ -60,7 +61,7 @@ class CompressedSensing(LinearPhysics):
             img_size = tuple(int(s) for s in n) if img_size is None else img_size
             n = math.prod(int(s) for s in n)
         img_size = (int(n),) if img_size is None else tuple(int(s) for s in img_size)
-        if not (isinstance(m, int) and m > 0 and isinstance(n, int) and n > 0):
+        if not (_positive_int(m) and _positive_int(n)):
             raise ValueError(f"CompressedSensing: m and n must be positive ints, got {m!r}, {n!r}.")
         if math.prod(img_size) != n:
             raise ValueError(
@@ -68,6 +69,11 @@ class CompressedSensing(LinearPhysics):
             )
         gen = torch.Generator().manual_seed(int(seed))
         dtype = dtype or torch.get_default_dtype()
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(
+                f"CompressedSensing: dtype must be a real floating dtype (e.g. torch.float64), "
+                f"got {dtype!r}."
+            )
         matrix = torch.randn(m, n, generator=gen, dtype=dtype) / math.sqrt(m)
         self.matrix = matrix.to(device) if device is not None else matrix
         self.img_size = img_size
@@ -75,6 +81,7 @@ class CompressedSensing(LinearPhysics):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         require_real("CompressedSensing.A", "x", x)
+        require_same_precision("CompressedSensing.A", "matrix", self.matrix, "x", x)
         if tuple(x.shape[1:]) != self.img_size:
             raise ValueError(
                 f"CompressedSensing.A: x has shape {tuple(x.shape)}, expected "
@@ -84,6 +91,7 @@ class CompressedSensing(LinearPhysics):
 
     def _check_y(self, api: str, y: torch.Tensor) -> None:
         require_real(api, "y", y)
+        require_same_precision(api, "matrix", self.matrix, "y", y)
         m = self.matrix.shape[0]
         if y.dim() != 2 or y.shape[1] != m:
             raise ValueError(f"{api}: y must have shape (B, {m}), got {tuple(y.shape)}.")
@@ -92,6 +100,22 @@ class CompressedSensing(LinearPhysics):
         self._check_y("CompressedSensing.A_adjoint", y)
         return (y @ self.matrix).reshape(y.shape[0], *self.img_size)
 
-    def A_dagger(self, y, **options):
-        self._check_y("CompressedSensing.A_dagger", y)
+    def A_dagger(
+        self,
+        y: torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """``Φ⁺ y`` by ``torch.linalg.pinv``; the CG options are validated and ignored."""
+        api = "CompressedSensing.A_dagger"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        self._check_y(api, y)
         return (y @ torch.linalg.pinv(self.matrix).T).reshape(y.shape[0], *self.img_size)
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0

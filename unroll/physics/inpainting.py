@@ -2,22 +2,46 @@ r"""Pixel-wise operators: :class:`Denoising` (identity) and :class:`Inpainting` 
 
 Both are diagonal, so their prox and pseudo-inverse are closed forms for any ``gamma`` shape:
 
-.. math:: \operatorname{prox}: h = \frac{\gamma\, m\, y + z}{\gamma\, m^2 + 1}, \qquad
+.. math:: \operatorname{prox}: h = \frac{\gamma\, m\, y + z}{\gamma\, m^2 + 1}
+          = z + \frac{m\,(y - m z)}{m^2 + 1/\gamma}, \qquad
           A^\dagger y = \begin{cases} y / m & m \ne 0 \\ 0 & m = 0 \end{cases}.
+
+The second form is the one computed: it stays finite for any finite ``γ`` (no ``γ·y``
+overflow) and tends to the data-consistent ``y / m`` (``z`` where ``m = 0``) as ``γ → ∞``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from unroll.physics._utils import expand_per_sample, require_real, require_tensor
+from unroll.physics._utils import (
+    check_prox_gamma,
+    check_solve_options,
+    expand_per_sample,
+    require_real,
+    require_same_precision,
+    require_tensor,
+    safe_denominator,
+)
 from unroll.physics.base import LinearPhysics
 from unroll.physics.noise import GaussianNoise
-from unroll.physics.prox import check_gamma
 
 __all__ = ["Denoising", "Inpainting"]
 
-_DEFAULT_NOISE = GaussianNoise(0.1)
+DEFAULT_NOISE_LEVEL = 0.1
+"""``σ`` of the :class:`GaussianNoise` a :class:`Denoising` creates when given no noise model."""
+
+
+class _Default:
+    """Marker of an omitted ``noise_model`` (each :class:`Denoising` then builds its own)."""
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise({DEFAULT_NOISE_LEVEL})"
+
+
+_DEFAULT = _Default()
 
 
 def _same_shape(api: str, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -36,7 +60,8 @@ class Denoising(LinearPhysics):
     ``prox_l2(z, y, γ) = (γ y + z) / (γ + 1)`` and ``A_dagger(y) = y``.
 
     Args:
-        noise_model: default ``GaussianNoise(0.1)``.
+        noise_model: default: a new ``GaussianNoise(0.1)`` for each instance (never shared);
+            ``None`` for noiseless measurements.
 
     Example:
         >>> import torch
@@ -51,12 +76,14 @@ class Denoising(LinearPhysics):
 
     def __init__(
         self,
-        noise_model=_DEFAULT_NOISE,
+        noise_model: Any = _DEFAULT,
         *,
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
     ) -> None:
+        if noise_model is _DEFAULT:
+            noise_model = GaussianNoise(DEFAULT_NOISE_LEVEL)
         self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,13 +95,40 @@ class Denoising(LinearPhysics):
     def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def prox_l2(self, z, y, gamma, **options):
-        _same_shape("Denoising.prox_l2", z, y)
-        g = expand_per_sample(check_gamma("Denoising.prox_l2", gamma, z), z)
-        return (g * y + z) / (g + 1)
+    def prox_l2(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        gamma: float | torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """Closed form ``y + (z − y)/(1 + γ)`` (``= (γ y + z)/(γ + 1)``, finite for any finite
+        ``γ > 0``); the CG options are validated and ignored."""
+        api = "Denoising.prox_l2"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        _same_shape(api, z, y)
+        g = expand_per_sample(check_prox_gamma(api, gamma, z), z)
+        return y + (z - y) / (g + 1)
 
-    def A_dagger(self, y, **options):
-        return require_tensor("Denoising.A_dagger", "y", y)
+    def A_dagger(
+        self,
+        y: torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """``y`` itself; the CG options are validated and ignored."""
+        api = "Denoising.A_dagger"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        return require_tensor(api, "y", y)
 
 
 class Inpainting(LinearPhysics):
@@ -113,17 +167,18 @@ class Inpainting(LinearPhysics):
         self.mask = mask
         self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
 
-    def _mask_for(self, api: str, x: torch.Tensor) -> torch.Tensor:
-        require_tensor(api, "x", x)
+    def _mask_for(self, api: str, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        require_tensor(api, name, x)
+        require_same_precision(api, "mask", self.mask, name, x)
         try:
             ok = torch.broadcast_shapes(self.mask.shape, x.shape) == x.shape
         except RuntimeError:
             ok = False
         if not ok:
             raise ValueError(
-                f"{api}: mask of shape {tuple(self.mask.shape)} does not broadcast to the input "
-                f"of shape {tuple(x.shape)}; give the mask the image's shape (C, H, W) or "
-                "(B, C, H, W)."
+                f"{api}: mask of shape {tuple(self.mask.shape)} does not broadcast to {name} "
+                f"of shape {tuple(x.shape)}; pass images of the mask's shape (B, C, H, W) or "
+                "build the mask with the images' shape (C, H, W) or (B, C, H, W)."
             )
         return self.mask
 
@@ -131,18 +186,45 @@ class Inpainting(LinearPhysics):
         return self._mask_for("Inpainting.A", x) * x
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self._mask_for("Inpainting.A_adjoint", y) * y
+        return self._mask_for("Inpainting.A_adjoint", y, "y") * y
 
     def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
         return self._mask_for("Inpainting.A_adjoint_A", x).square() * x
 
-    def prox_l2(self, z, y, gamma, **options):
-        _same_shape("Inpainting.prox_l2", z, y)
-        m = self._mask_for("Inpainting.prox_l2", z)
-        g = expand_per_sample(check_gamma("Inpainting.prox_l2", gamma, z), z)
-        return (g * m * y + z) / (g * m.square() + 1)
+    def prox_l2(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        gamma: float | torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """Closed form ``z + m (y − m z)/(m² + 1/γ)`` (``= (γ m y + z)/(γ m² + 1)``); the CG
+        options are validated and ignored."""
+        api = "Inpainting.prox_l2"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        _same_shape(api, z, y)
+        m = self._mask_for(api, z, "z")
+        g = expand_per_sample(check_prox_gamma(api, gamma, z), z)
+        return z + m * (y - m * z) / safe_denominator(m.square() + 1 / g)
 
-    def A_dagger(self, y, **options):
-        m = self._mask_for("Inpainting.A_dagger", y)
+    def A_dagger(
+        self,
+        y: torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """``y / m`` where ``m ≠ 0``, zero elsewhere; the CG options are validated and ignored."""
+        api = "Inpainting.A_dagger"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        m = self._mask_for(api, y, "y")
         nz = m != 0
         return torch.where(nz, y / torch.where(nz, m, torch.ones_like(m)), torch.zeros_like(y))

@@ -5,6 +5,8 @@ ifftshift``, ``norm="ortho"``, so low frequencies sit at the centre of the mask)
 
 * :class:`MRI`: :math:`y = m \odot \mathcal F x`, :math:`A^\top y = \mathcal F^{-1}(m \odot y)`;
   prox :math:`h = \mathcal F^{-1}\bigl[(\gamma m y + \mathcal F z)/(\gamma m^2 + 1)\bigr]`
+  (computed as :math:`\hat z + m(y - m\hat z)/(m^2 + 1/\gamma)`, finite for any finite
+  :math:`\gamma`)
   and :math:`A^\dagger y = \mathcal F^{-1}[y / m]` on :math:`m \ne 0` are closed forms.
 * :class:`MultiCoilMRI`: :math:`y_n = m \odot \mathcal F(S_n x)` for coil sensitivities
   :math:`S_n`, :math:`A^\top y = \sum_n \bar S_n \mathcal F^{-1}(m \odot y_n)`; prox by CG.
@@ -16,11 +18,22 @@ imaginary parts in dimension 1 (``(B, 2, H, W)``); outputs use the input's repre
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from unroll.physics._utils import expand_per_sample, is_scalar_or_per_sample, require_tensor
+from unroll.physics._utils import (
+    check_prox_gamma,
+    check_solve_options,
+    complex_of,
+    expand_per_sample,
+    is_scalar_or_per_sample,
+    real_dtype,
+    require_same_precision,
+    require_tensor,
+    safe_denominator,
+)
 from unroll.physics.base import LinearPhysics
-from unroll.physics.prox import check_gamma
 
 __all__ = ["MRI", "MultiCoilMRI", "fft2c", "ifft2c"]
 
@@ -57,8 +70,12 @@ def from_complex(z: torch.Tensor, was_complex: bool) -> torch.Tensor:
     return z if was_complex else torch.stack((z.real, z.imag), dim=1)
 
 
-def _fit_mask(api: str, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Broadcast a ``(H, W)``, per-sample ``(B, H, W)`` or full mask against ``target``."""
+def _fit_mask(
+    api: str, mask: torch.Tensor, target: torch.Tensor, name: str = "k-space"
+) -> torch.Tensor:
+    """Broadcast a ``(H, W)``, per-sample ``(B, H, W)`` or full mask against ``target`` (the
+    complex k-space or image ``name`` refers to), after checking that their precisions agree."""
+    require_same_precision(api, "mask", mask, name, target)
     m = mask
     if 3 <= m.dim() < target.dim():
         m = m.reshape(m.shape[:1] + (1,) * (target.dim() - m.dim()) + m.shape[1:])
@@ -68,8 +85,9 @@ def _fit_mask(api: str, mask: torch.Tensor, target: torch.Tensor) -> torch.Tenso
         ok = False
     if not ok:
         raise ValueError(
-            f"{api}: mask of shape {tuple(mask.shape)} does not fit k-space of shape "
-            f"{tuple(target.shape)}; use (H, W), (B, H, W) or the full k-space shape."
+            f"{api}: mask of shape {tuple(mask.shape)} does not fit {name} of (complex) shape "
+            f"{tuple(target.shape)}; images and k-space must have the mask's (H, W) = "
+            f"{tuple(mask.shape[-2:])} (and its batch size for a per-sample (B, H, W) mask)."
         )
     return m
 
@@ -123,35 +141,66 @@ class MRI(LinearPhysics):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         xc, c = to_complex("MRI.A", "x", x)
-        return from_complex(_fit_mask("MRI.A", self.mask, xc) * fft2c(xc), c)
+        return from_complex(_fit_mask("MRI.A", self.mask, xc, "x") * fft2c(xc), c)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         yc, c = to_complex("MRI.A_adjoint", "y", y)
-        return from_complex(ifft2c(_fit_mask("MRI.A_adjoint", self.mask, yc) * yc), c)
+        return from_complex(ifft2c(_fit_mask("MRI.A_adjoint", self.mask, yc, "y") * yc), c)
 
     def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
         xc, c = to_complex("MRI.A_adjoint_A", "x", x)
-        m = _fit_mask("MRI.A_adjoint_A", self.mask, xc)
+        m = _fit_mask("MRI.A_adjoint_A", self.mask, xc, "x")
         return from_complex(ifft2c(m.square() * fft2c(xc)), c)
 
-    def prox_l2(self, z, y, gamma, **options):
+    def prox_l2(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        gamma: float | torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """Closed form ``F⁻¹[ẑ + m (y − m ẑ)/(m² + 1/γ)]``, ``ẑ = F z`` (finite for any finite
+        ``γ > 0``); a full-shaped ``γ`` falls back to CG with the given options."""
         api = "MRI.prox_l2"
+        opts = check_solve_options(
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
+        )
         zc, c = to_complex(api, "z", z)
         yc, _ = to_complex(api, "y", y)
         if yc.shape != zc.shape:
             raise ValueError(
                 f"{api}: y has shape {tuple(y.shape)} but z has {tuple(z.shape)}; they must match."
             )
-        gamma = check_gamma(api, gamma, z)
+        m = _fit_mask(api, self.mask, zc, "z")
+        gamma = check_prox_gamma(api, gamma, z)
         if not is_scalar_or_per_sample(gamma, z):
-            return super().prox_l2(z, y, gamma, **options)
+            return self._cg_prox(z, y, gamma, opts)
         g = expand_per_sample(gamma, zc)
-        m = _fit_mask(api, self.mask, zc)
-        return from_complex(ifft2c((g * m * yc + fft2c(zc)) / (g * m.square() + 1)), c)
+        z_hat = fft2c(zc)
+        h_hat = z_hat + m * (yc - m * z_hat) / safe_denominator(m.square() + 1 / g)
+        return from_complex(ifft2c(h_hat), c)
 
-    def A_dagger(self, y, **options):
-        yc, c = to_complex("MRI.A_dagger", "y", y)
-        m = _fit_mask("MRI.A_dagger", self.mask, yc)
+    def A_dagger(
+        self,
+        y: torch.Tensor,
+        *,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        implicit_backward_solver: bool | None = None,
+        on_failure: str | None = None,
+        **unknown: Any,
+    ) -> torch.Tensor:
+        """``F⁻¹[y / m]`` where ``m ≠ 0`` (zero elsewhere); the CG options are validated and
+        ignored."""
+        api = "MRI.A_dagger"
+        check_solve_options(api, max_iter, tol, implicit_backward_solver, on_failure, unknown)
+        yc, c = to_complex(api, "y", y)
+        m = _fit_mask(api, self.mask, yc, "y")
         nz = m != 0
         inv = torch.where(nz, 1 / torch.where(nz, m, torch.ones_like(m)), torch.zeros_like(m))
         return from_complex(ifft2c(inv * yc), c)
@@ -191,17 +240,37 @@ class MultiCoilMRI(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
     ) -> None:
-        self.mask = _real_mask("MultiCoilMRI", mask)
-        require_tensor("MultiCoilMRI", "coil_maps", coil_maps)
+        api = "MultiCoilMRI"
+        require_tensor(api, "coil_maps", coil_maps)
+        if not (coil_maps.is_complex() or coil_maps.is_floating_point()):
+            raise TypeError(
+                f"{api}: coil_maps must be complex (or real floating), got {coil_maps.dtype}."
+            )
         if coil_maps.dim() not in (3, 4):
             raise ValueError(
-                "MultiCoilMRI: coil_maps must have shape (N, H, W) or (B, N, H, W), got "
+                f"{api}: coil_maps must have shape (N, H, W) or (B, N, H, W), got "
                 f"{tuple(coil_maps.shape)}."
             )
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+            mask = mask.to(real_dtype(coil_maps))  # a binary mask is exact in any precision
+        self.mask = _real_mask(api, mask)
+        if real_dtype(self.mask) != real_dtype(coil_maps):
+            raise TypeError(
+                f"{api}: mask is {self.mask.dtype} but coil_maps is {coil_maps.dtype}; pass both "
+                f"in one precision, e.g. coil_maps.to({complex_of(real_dtype(self.mask))}) or "
+                f"mask.to({real_dtype(coil_maps)})."
+            )
+        _check_mask_fits_maps(api, self.mask, coil_maps)
         self.coil_maps = coil_maps
         self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
 
-    def _maps(self, api: str, xc: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_coils(self) -> int:
+        """The number of coils ``N``."""
+        return self.coil_maps.shape[-3]
+
+    def _maps(self, api: str, xc: torch.Tensor, name: str = "x") -> torch.Tensor:
+        require_same_precision(api, "coil_maps", self.coil_maps, name, xc)
         if xc.dim() != 3 or xc.shape[-2:] != self.coil_maps.shape[-2:]:
             raise ValueError(
                 f"{api}: images must be complex (B, H, W) or real (B, 2, H, W) with (H, W) = "
@@ -210,7 +279,8 @@ class MultiCoilMRI(LinearPhysics):
         maps = self.coil_maps
         if maps.dim() == 4 and maps.shape[0] not in (1, xc.shape[0]):
             raise ValueError(
-                f"{api}: coil_maps batch {maps.shape[0]} != image batch {xc.shape[0]}."
+                f"{api}: coil_maps batch {maps.shape[0]} != image batch {xc.shape[0]}; pass "
+                f"{maps.shape[0]} images or per-sample maps for each image."
             )
         return maps
 
@@ -228,6 +298,23 @@ class MultiCoilMRI(LinearPhysics):
                 f"{api}: k-space must be complex (B, N, H, W) or real (B, 2, N, H, W); got "
                 f"{tuple(y.shape)}."
             )
-        img = ifft2c(_fit_mask(api, self.mask, yc) * yc)
-        maps = self._maps(api, yc[:, 0])
+        if yc.shape[1] != self.num_coils:
+            raise ValueError(
+                f"{api}: y holds {yc.shape[1]} coils but coil_maps has {self.num_coils}; pass "
+                f"k-space of shape (B, {self.num_coils}, H, W) (real: (B, 2, {self.num_coils}, "
+                "H, W)) or build the operator with matching coil_maps."
+            )
+        img = ifft2c(_fit_mask(api, self.mask, yc, "y") * yc)
+        maps = self._maps(api, yc[:, 0], "y")
         return from_complex((maps.conj() * img).sum(dim=1), c)
+
+
+def _check_mask_fits_maps(api: str, mask: torch.Tensor, coil_maps: torch.Tensor) -> None:
+    """The mask's (H, W) must broadcast to the coil maps' (H, W)."""
+    mh, mw = mask.shape[-2:]
+    H, W = coil_maps.shape[-2:]
+    if mh not in (1, H) or mw not in (1, W):
+        raise ValueError(
+            f"{api}: mask (H, W) = {(mh, mw)} does not fit coil_maps (H, W) = {(H, W)}; give "
+            "both the image size."
+        )

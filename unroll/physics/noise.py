@@ -6,12 +6,25 @@ A noise model is a pytree like the physics that holds it: a tensor ``sigma`` is 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from unroll import tree
-from unroll.linear_solve import _host_any
+from unroll.physics._utils import check_level, real_dtype
 
 __all__ = ["GaussianNoise"]
+
+_API = "GaussianNoise"
+_FIX = "Pass a noise standard deviation sigma >= 0, e.g. GaussianNoise(0.1)."
+
+
+def _check_sigma(sigma: Any) -> None:
+    """A real number or real tensor, every entry finite and >= 0 (one host read for a tensor,
+    also inside ``torch.func`` transforms)."""
+    if isinstance(sigma, torch.Tensor) and sigma.is_complex():
+        raise TypeError(f"{_API}: sigma must be real, got a complex tensor.")
+    check_level(_API, "sigma", sigma, strict=False, fix=_FIX)
 
 
 class GaussianNoise:
@@ -22,8 +35,9 @@ class GaussianNoise:
     ``σ²/2`` on the real and imaginary parts), as ``torch.randn_like`` draws it.
 
     Args:
-        sigma: standard deviation ``σ ≥ 0``: a number, a 0-dim tensor, or a ``(B,)`` tensor
-            (one level per sample, broadcast over the other dimensions).
+        sigma: standard deviation ``σ ≥ 0``, finite: a number, a 0-dim tensor, or a ``(B,)``
+            tensor (one level per sample, broadcast over the other dimensions). Checked here
+            and whenever ``sigma`` is assigned.
 
     Example:
         >>> import torch
@@ -37,39 +51,56 @@ class GaussianNoise:
     """
 
     def __init__(self, sigma: float | torch.Tensor = 0.1) -> None:
-        if isinstance(sigma, torch.Tensor):
-            if sigma.is_complex():
-                raise TypeError("GaussianNoise: sigma must be real, got a complex tensor.")
-            if _negative(sigma):
-                raise ValueError(
-                    f"GaussianNoise: sigma must be >= 0 (every entry), got {sigma!r}; pass a "
-                    "non-negative noise level."
-                )
-        elif not isinstance(sigma, (int, float)) or sigma < 0:
-            raise ValueError(
-                f"GaussianNoise: sigma must be a number >= 0 or a tensor, got {sigma!r}."
-            )
         self.sigma = sigma
+
+    @property
+    def sigma(self) -> float | torch.Tensor:
+        """The noise standard deviation (validated on assignment)."""
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value: float | torch.Tensor) -> None:
+        _check_sigma(value)
+        self._sigma = value
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """Return ``y + σ ε`` (a fresh draw of ``ε`` at each call)."""
-        sigma = self.sigma
-        if isinstance(sigma, torch.Tensor) and sigma.dim() == 1 and y.dim() > 1:
-            sigma = sigma.reshape(sigma.shape + (1,) * (y.dim() - 1))
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{_API}: y must be a torch.Tensor, got {type(y).__name__}.")
+        sigma = self._sigma
+        if isinstance(sigma, torch.Tensor):
+            sigma = _fit_sigma(sigma, y)
         return y + sigma * torch.randn_like(y)
 
     def __repr__(self) -> str:
-        return f"GaussianNoise(sigma={self.sigma!r})"
+        return f"GaussianNoise(sigma={self._sigma!r})"
 
 
-def _negative(sigma: torch.Tensor) -> bool:
-    """Whether any entry of ``sigma`` is negative or NaN, read once on the host (under
-    ``torch.func.vmap`` over the whole underlying batch); False where no host read is
-    possible."""
+def _fit_sigma(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A tensor ``σ`` shaped to broadcast against ``y`` (``(B,)`` is per sample); raises when
+    it cannot, or when a non-scalar ``σ`` would silently change ``y``'s precision."""
+    if sigma.dim() == 1 and y.dim() > 1:
+        if sigma.shape[0] not in (1, y.shape[0]):
+            raise ValueError(
+                f"{_API}: sigma has {sigma.shape[0]} entries but y has batch size {y.shape[0]}; "
+                "pass one level per sample, or a single number."
+            )
+        sigma = sigma.reshape(sigma.shape + (1,) * (y.dim() - 1))
     try:
-        return _host_any(~(sigma.detach() >= 0))
+        ok = torch.broadcast_shapes(sigma.shape, y.shape) == y.shape
     except RuntimeError:
-        return False
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{_API}: sigma of shape {tuple(sigma.shape)} does not broadcast to y of shape "
+            f"{tuple(y.shape)}; use a number, a 0-dim tensor or a per-sample (B,) tensor."
+        )
+    if sigma.dim() > 0 and sigma.is_floating_point() and sigma.dtype != real_dtype(y):
+        raise TypeError(
+            f"{_API}: sigma is {sigma.dtype} but y is {y.dtype}; use one precision, e.g. "
+            f"physics.to({real_dtype(y)}) or sigma.to({real_dtype(y)})."
+        )
+    return sigma
 
 
 def _flatten(noise: GaussianNoise):
@@ -80,7 +111,7 @@ def _flatten(noise: GaussianNoise):
 
 def _unflatten(aux, children) -> GaussianNoise:
     obj = GaussianNoise.__new__(GaussianNoise)
-    obj.sigma = children[0] if children else aux
+    obj._sigma = children[0] if children else aux  # no host read inside transforms
     return obj
 
 
