@@ -217,9 +217,10 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
-        from unroll.physics.prox import least_squares
+        from unroll.physics.prox import _least_squares
 
-        return least_squares(self, y, z, gamma, **opts.least_squares_kwargs())
+        return _least_squares(self, y, z, gamma, gamma_checked=True,
+                              **opts.least_squares_kwargs())
 
     def A_dagger(
         self,

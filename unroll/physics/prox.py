@@ -35,8 +35,9 @@ import torch
 
 from unroll import tree
 from unroll._failure import check_on_failure
+from unroll._host import host_any
 from unroll.linear_solve import SolveInfo, report_failure, solve_cg
-from unroll.physics._utils import expand_per_sample, host_bool, real_dtype, require_tensor
+from unroll.physics._utils import expand_per_sample, real_dtype, require_tensor
 from unroll.physics.base import LinearPhysics
 
 __all__ = ["least_squares", "check_gamma"]
@@ -133,6 +134,27 @@ def least_squares(
         Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems", 1952.
         Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022.
     """
+    return _least_squares(physics, y, z, gamma, init=init, max_iter=max_iter, tol=tol,
+                          implicit_backward_solver=implicit_backward_solver,
+                          return_info=return_info, on_failure=on_failure)
+
+
+def _least_squares(
+    physics: LinearPhysics,
+    y: torch.Tensor,
+    z: torch.Tensor | None,
+    gamma: float | torch.Tensor | None,
+    *,
+    init: torch.Tensor | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    implicit_backward_solver: bool | None = None,
+    return_info: bool = False,
+    on_failure: str = "warn",
+    gamma_checked: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
+    """:func:`least_squares`; ``gamma_checked``: the caller (``prox_l2``) already validated
+    ``gamma`` (saves a second host read)."""
     if not isinstance(physics, LinearPhysics):
         raise TypeError(
             f"{_API}: physics must be an unroll.physics.LinearPhysics, got "
@@ -162,7 +184,10 @@ def least_squares(
         h, info = solver(start, y, physics)
     else:
         z = torch.zeros_like(x_like) if z is None else _check_like("z", z, x_like)
-        gamma = check_gamma(_API, gamma, x_like)
+        if not gamma_checked:
+            gamma = check_gamma(_API, gamma, x_like)
+        elif not isinstance(gamma, torch.Tensor):
+            gamma = torch.as_tensor(float(gamma), dtype=real_dtype(x_like), device=x_like.device)
         if init is None:  # implicit: the solver runs without a graph anyway
             start = z.detach() if implicit else z
         else:
@@ -219,7 +244,7 @@ def check_gamma(api: str, gamma: float | torch.Tensor, like: torch.Tensor) -> to
                     f"tensor, a per-sample ({like.shape[0]},) tensor, or one broadcastable to "
                     f"{tuple(like.shape)}."
                 )
-        if host_bool(~((gamma > 0) & (gamma < math.inf)).all()):  # one host sync
+        if host_any(~((gamma > 0) & (gamma < math.inf))):  # one host sync, also in vmap
             raise ValueError(
                 f"{api}: gamma must be finite and > 0 everywhere; got a value <= 0, NaN or "
                 "Inf. For gamma = ∞ (no proximity term) use physics.A_dagger(y) or "
