@@ -1,10 +1,10 @@
 """Reading tensors on the host, also inside ``torch.func`` transforms.
 
 The one place that asks a tensor for a Python value (a host sync) when the answer decides
-control flow: convergence checks, failure reports, validation. Inside ``torch.func.vmap`` a
-data-dependent ``bool``/``float`` raises; there the functorch wrappers are peeled off
-(``torch.func`` offers no public way to do this for a batched tensor) and the question is
-asked of the whole underlying batch, which for convergence checks keeps every problem
+control flow (convergence checks, failure reports, validation) and the one place that touches
+functorch internals. Inside ``torch.func.vmap`` a data-dependent ``bool``/``float`` raises;
+there the functorch wrappers are peeled off with ``torch.func.debug_unwrap`` and the question
+is asked of the whole underlying batch, which for convergence checks keeps every problem
 iterating while any is active (converged ones frozen by masks: the same per-problem results as
 a loop).
 """
@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["in_vmap", "unwrap", "host_any", "host_max", "host_values"]
+__all__ = [
+    "in_vmap",
+    "is_transformed",
+    "unwrap",
+    "unwrap_if_dead",
+    "host_any",
+    "try_bool",
+    "host_max",
+    "host_values",
+]
 
 
 def in_vmap() -> bool:
@@ -26,12 +35,22 @@ def in_vmap() -> bool:
     )
 
 
+def is_transformed(t: object) -> bool:
+    """Whether ``t`` is a tensor wrapped by a ``torch.func`` transform (vmap, grad, jvp)."""
+    return isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def unwrap(t: torch.Tensor) -> torch.Tensor:
-    """``t`` detached, with every functorch wrapper peeled off (the whole underlying batch)."""
-    t = t.detach()
-    funct = torch._C._functorch
-    while funct.is_functorch_wrapped_tensor(t):
-        t = funct.get_unwrapped(t)
+    """``t`` detached, with every functorch wrapper peeled off (the whole underlying batch).
+    Only for reading values on the host, never for computing with them."""
+    return torch.func.debug_unwrap(t.detach())
+
+
+def unwrap_if_dead(t: object) -> object:
+    """A tensor whose ``torch.func`` level has exited, unwrapped (a saved tensor reached from
+    a nested implicit backward must not meet new levels); anything else unchanged."""
+    if isinstance(t, torch.Tensor):
+        return torch._C._functorch.unwrap_if_dead(t)
     return t
 
 
@@ -41,6 +60,15 @@ def host_any(t: torch.Tensor) -> bool:
         return bool(t) if t.dim() == 0 else bool(t.any())
     except RuntimeError:
         return bool(unwrap(t).any())
+
+
+def try_bool(t: torch.Tensor) -> bool | None:
+    """``bool(t)`` read on the host, or ``None`` inside ``vmap`` (a loop then runs on, with
+    masks, instead of stopping early)."""
+    try:
+        return bool(t)
+    except RuntimeError:
+        return None
 
 
 def host_max(t: torch.Tensor) -> float | None:

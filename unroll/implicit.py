@@ -34,6 +34,7 @@ import torch
 from unroll import tree
 from unroll._failure import check_on_failure, report
 from unroll._host import host_any as _host_any
+from unroll._host import unwrap_if_dead
 from unroll.linear_solve import SolveInfo, report_failure, solve_cg, solve_gmres
 
 PyTree = Any
@@ -428,8 +429,7 @@ def _alive(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     it is reached through a ``torch.func.vjp`` function called after its level exited; the
     saved tensors are then dead wrappers of that level, which must not meet new levels.
     """
-    unwrap = torch._C._functorch.unwrap_if_dead
-    return [unwrap(t) if isinstance(t, torch.Tensor) else t for t in tensors]
+    return [unwrap_if_dead(t) for t in tensors]
 
 
 def _normalize_argnums(api: str, argnums: int | Sequence[int]) -> tuple[int, ...]:

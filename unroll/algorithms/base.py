@@ -44,7 +44,8 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
-from unroll.linear_solve import _host_any
+from unroll._host import host_any as _host_any
+from unroll._host import try_bool as _try_bool
 
 PyTree = Any
 
@@ -355,14 +356,6 @@ def params_at(params: dict, k: int, per_iteration: Collection[str] = ()) -> dict
 
 
 # --------------------------------------------------------------------------- runner
-def _try_bool(t: torch.Tensor) -> bool | None:
-    """``bool(t)``, or None under ``torch.func.vmap`` (data-dependent control flow)."""
-    try:
-        return bool(t)
-    except RuntimeError:
-        return None
-
-
 def check_count(api: str, name: str, value: Any) -> None:
     """Raise a TypeError (not an int, or a bool) or ValueError (< 1) naming ``api``.
 

@@ -23,14 +23,6 @@ SOLVE_OPTIONS = ("max_iter", "tol", "implicit_backward_solver", "on_failure")
 closed forms validate and then ignore them)."""
 
 
-def host_bool(t: torch.Tensor) -> bool | None:
-    """``bool(t)`` read on the host; ``None`` inside ``vmap`` (where it cannot be asked)."""
-    try:
-        return bool(t)
-    except RuntimeError:
-        return None
-
-
 def require_tensor(api: str, name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{api}: {name} must be a torch.Tensor, got {type(x).__name__}.")

@@ -35,7 +35,7 @@ import torch
 
 from unroll import tree
 from unroll._failure import check_on_failure
-from unroll._host import host_any
+from unroll._host import host_any, is_transformed
 from unroll.linear_solve import SolveInfo, report_failure, solve_cg
 from unroll.physics._utils import expand_per_sample, real_dtype, require_tensor
 from unroll.physics.base import LinearPhysics
@@ -339,9 +339,7 @@ def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False)
 def _fast_normal_op(physics: LinearPhysics, gamma: torch.Tensor | None, others: tuple):
     """``u ↦ AᵀA u + u/γ`` on detached tensors, or ``None`` inside ``torch.func`` transforms
     (their wrapped tensors must not outlive the forward call)."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    tensors = [t for t in (*tree.leaves(physics), gamma, *others) if isinstance(t, torch.Tensor)]
-    if any(wrapped(t) for t in tensors):
+    if any(is_transformed(t) for t in (*tree.leaves(physics), gamma, *others)):
         return None
     phys = tree.detach(physics)
     cache: dict[str, Any] = {}
@@ -361,9 +359,8 @@ def _differentiable(physics: LinearPhysics) -> bool:
     transformed by ``torch.func`` (inside ``vmap`` ``requires_grad`` reads False although an
     outer ``backward`` may still need the gradient). Otherwise they are left out of the
     implicit rule (nothing of them is saved or differentiated)."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(
-        t.requires_grad or wrapped(t)
+        t.requires_grad or is_transformed(t)
         for t in tree.leaves(physics)
         if isinstance(t, torch.Tensor)
     )
