@@ -37,8 +37,8 @@ import warnings
 import torch
 
 from unroll.equilibrium import DEQConfig, deq
-from unroll.fixed_point import fixed_point_iteration, solve_anderson, solve_fixed_point
-from unroll.linear_solve import ConvergenceWarning
+from unroll.fixed_point import fixed_point_iteration
+from unroll.linear_solve import ConvergenceWarning, solve_anderson, solve_fixed_point
 
 try:  # the anchor, optional
     import torchdeq

@@ -287,7 +287,7 @@ def test_validation_messages():
         fixed_point_iteration(lambda s: s, (torch.zeros(2, 1), torch.zeros(3, 1)), batched=True)
     with pytest.raises(TypeError, match="^anderson: f must be callable"):
         anderson(None, z0)
-    with pytest.raises(ValueError, match="^solve_anderson: rtol and atol"):
+    with pytest.raises(ValueError, match="^solve_anderson: rtol must be a finite number"):
         solve_anderson(lambda v: v, z0, rtol=-1.0)
     with pytest.raises(ValueError, match="^solve_fixed_point: matvec must return"):
         solve_fixed_point(lambda v: v[:2], z0)

@@ -29,20 +29,25 @@ warning filters change (``warnings.catch_warnings``, ``pytest.warns``, ``simplef
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+
+from unroll._host import host_values
 
 __all__ = [
     "ConvergenceWarning",
     "ConvergenceError",
+    "SolveInfo",
     "ON_FAILURE",
     "REASONS",
     "check_on_failure",
     "report",
+    "report_failure",
     "suppressed_counts",
     "reset_suppressed",
 ]
@@ -72,6 +77,25 @@ class ConvergenceError(RuntimeError):
         super().__init__(message)
         self.solve = solve
         self.reason = reason
+
+
+class SolveInfo(NamedTuple):
+    """Diagnostics of a linear solve (tensors; per sample when ``batched``).
+
+    Attributes:
+        num_iter: iterations each system used until it converged (or stopped).
+        residual_norm: ``‖b − (A+ρI)x‖`` at return (the recursive residual for CG/BiCGStab).
+        converged: whether ``residual_norm ≤ max(rtol·‖b‖, atol)``; always True with
+            ``rtol = atol = 0`` (a fixed number of iterations was asked for, no tolerance)
+            unless the solve broke down or met NaN/Inf.
+        reason: why each system stopped, a code of :data:`unroll.linear_solve.REASONS`
+            (0 converged, 1 max_iter, 2 breakdown, 3 non_finite, 4 diverged).
+    """
+
+    num_iter: torch.Tensor
+    residual_norm: torch.Tensor
+    converged: torch.Tensor
+    reason: torch.Tensor
 
 
 def check_on_failure(api: str, on_failure: Any) -> str:
@@ -177,3 +201,44 @@ def suppressed_counts() -> dict[tuple[str, str, str, int], int]:
 def reset_suppressed() -> None:
     """Forget which warnings were shown (they will be shown again once)."""
     _STATE.update(filters=None, snapshot=(), seen={})
+
+
+# --------------------------------------------------------------------------- linear solves
+_REMEDY = {
+    MAX_ITER: "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a "
+              "better-scaled operator)",
+    NON_FINITE: "The last finite iterate is returned. Check matvec and its inputs for NaN/Inf "
+                "(e.g. a diverging computation upstream)",
+}
+_ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
+
+
+def report_failure(name: str, info: SolveInfo, on_failure: str, breakdown: str = "",
+                   remedy: str = "", *, rtol: float | None = None, atol: float | None = None,
+                   maxiter: int | None = None) -> None:
+    """Apply the failure policy to the most severe failure in ``info`` (non-finite >
+    breakdown > diverged > max_iter), with its residual and the remedy."""
+    if on_failure == "ignore":
+        return
+    codes = [int(c) for c in host_values(info.reason)]
+    failed = [c for c in codes if c != CONVERGED]
+    if not failed:
+        return
+    res, iters = host_values(info.residual_norm), host_values(info.num_iter)
+    worst = max(failed, key=lambda c: (c == NON_FINITE, c == BREAKDOWN, c == DIVERGED, c))
+    where = f" in {len(failed)} of {len(codes)} systems" if len(codes) > 1 else ""
+    finite = [r for r, c in zip(res, codes) if c == worst and math.isfinite(r)]
+    r = max(finite) if finite else float("nan")
+    if worst == NON_FINITE:
+        detail = f"met NaN or Inf{where}"
+    elif worst == BREAKDOWN:
+        detail = f"{breakdown or 'a zero denominator'}{where} (residual {r:.3e})"
+    elif worst == DIVERGED:
+        detail = f"diverged{where} (residual {r:.3e}); the last good iterate is returned"
+    else:
+        cap = f"at maxiter={maxiter}" if maxiter is not None else (
+            f"after {max(iters):.0f} iteration(s)")
+        tol = "" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})"
+        detail = f"stopped {cap} with residual {r:.3e} above the tolerance{tol}{where}"
+    text = remedy or _REMEDY.get(worst, _REMEDY[MAX_ITER])
+    report(name, REASONS[worst], detail, text + "." + _ON_FAILURE_HINT, on_failure)

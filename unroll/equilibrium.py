@@ -42,10 +42,9 @@ from unroll.fixed_point import (
     anderson,
     fixed_point_iteration,
     report_fixed_point,
-    solve_anderson,
-    solve_fixed_point,
 )
 from unroll.implicit import ClosedOverTensorError, _custom_root
+from unroll.linear_solve import solve_anderson, solve_fixed_point
 
 PyTree = Any
 

@@ -11,10 +11,10 @@ and a solve stops when the residual named by ``stop_mode`` is ``≤ tol``. With
 per sample, a converged sample freezes (its iterate stops changing) while the others go on,
 and ``FixedPointInfo`` holds one entry per sample.
 
-The module also provides two linear solvers with the signature of :mod:`unroll.linear_solve`,
-for backward passes of deep equilibrium models: :func:`solve_fixed_point` (Richardson
-iteration ``x ← x + (b − A x)``) and :func:`solve_anderson` (the same map, Anderson-
-accelerated). For ``A = I − Jᵀ`` they solve the DEQ adjoint equation ``v = Jᵀ v + b``.
+The two linear solvers built on these iterations for backward passes of deep equilibrium
+models, :func:`unroll.linear_solve.solve_fixed_point` (Richardson iteration
+``x ← x + (b − A x)``) and :func:`unroll.linear_solve.solve_anderson`, live with the other
+linear solvers. For ``A = I − Jᵀ`` they solve the DEQ adjoint equation ``v = Jᵀ v + b``.
 
 Convergence is checked on the host only at some iterations: by default the checks adapt (from
 the geometric rate observed between two checks, the next check is placed where the slowest
@@ -52,7 +52,6 @@ from unroll._failure import (
 )
 from unroll._host import host_any as _host_any
 from unroll._host import host_max, host_values
-from unroll.linear_solve import SolveInfo
 
 PyTree = Any
 
@@ -60,8 +59,6 @@ __all__ = [
     "FixedPointInfo",
     "fixed_point_iteration",
     "anderson",
-    "solve_fixed_point",
-    "solve_anderson",
 ]
 
 
@@ -615,69 +612,6 @@ def anderson(
     return z, info
 
 
-# =========================================================================== linear solvers
-def _linear_setup(
-    name: str,
-    matvec: Callable[[PyTree], PyTree],
-    b: PyTree,
-    init: PyTree | None,
-    ridge: float | torch.Tensor | None,
-    rtol: float,
-    atol: float,
-    maxiter: int,
-    batched: bool,
-    check_every: int | None,
-):
-    if not callable(matvec):
-        raise TypeError(f"{name}: matvec must be callable x -> A x, got {type(matvec).__name__}.")
-    if not (rtol >= 0 and atol >= 0):
-        raise ValueError(f"{name}: rtol and atol must be >= 0, got rtol={rtol}, atol={atol}.")
-    b_leaves, spec = tree.flatten(b)
-    _check_common(name, b_leaves, maxiter, 0.0, batched, check_every)
-    if init is None:
-        x0 = list(b_leaves)  # one free Richardson step from zero: x₁ = b
-    else:
-        x0, init_spec = tree.flatten(init)
-        if init_spec != spec or any(a.shape != c.shape for a, c in zip(x0, b_leaves)):
-            raise ValueError(f"{name}: init must have the structure and shapes of b.")
-    _check_finite(name, "b (or init)", b_leaves + x0)
-    single = isinstance(b, torch.Tensor)
-
-    def richardson(x: PyTree) -> PyTree:
-        """``x + b − (A + ρI) x``: its fixed point solves the linear system."""
-        ax = matvec(x)
-        if single and isinstance(ax, torch.Tensor) and ax.shape == b.shape:
-            return (x - ax if ridge is None else x - ax - ridge * x) + b
-        ax_leaves, ax_spec = tree.flatten(ax)
-        if ax_spec != spec or any(a.shape != c.shape for a, c in zip(ax_leaves, b_leaves)):
-            raise ValueError(
-                f"{name}: matvec must return a pytree with the structure and shapes of b; got "
-                f"{ax_spec} for b {spec}."
-            )
-        x_leaves = tree.leaves(x)
-        if ridge is not None:
-            ax_leaves = [a + ridge * v for a, v in zip(ax_leaves, x_leaves)]
-        out = [v + bb - a for v, bb, a in zip(x_leaves, b_leaves, ax_leaves)]
-        return tree.unflatten(spec, out)
-
-    thresh = torch.clamp(_norm(b_leaves, batched) * rtol, min=atol)
-
-    def stop(res: torch.Tensor, _: list[torch.Tensor]):
-        return res, thresh
-
-    return _Map(name, richardson, tree.unflatten(spec, x0), ()), stop, check_every, thresh
-
-
-def _linear_finish(
-    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor, maxiter: int,
-    on_failure: str, return_info: bool,
-):
-    report_fixed_point(name, info, thresh, maxiter, on_failure)
-    if return_info:
-        return z, SolveInfo(info.num_iter, info.residual, info.converged, info.reason)
-    return z
-
-
 _FP_REMEDY = (
     "The map may not be contractive (spectral radius of its Jacobian ≥ 1): raise the "
     "iteration cap, use Anderson acceleration, or regularise the model"
@@ -712,118 +646,11 @@ def report_fixed_point(
     report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
 
 
-def solve_fixed_point(
-    matvec: Callable[[PyTree], PyTree],
-    b: PyTree,
-    *,
-    init: PyTree | None = None,
-    ridge: float | torch.Tensor | None = None,
-    rtol: float = 1e-5,
-    atol: float = 0.0,
-    maxiter: int = 50,
-    batched: bool = False,
-    return_info: bool = False,
-    check_every: int | None = None,
-    on_failure: str = "warn",
-) -> PyTree:
-    r"""Richardson (fixed-point) iteration for a linear system :math:`(A + \rho I)x = b`.
+def __getattr__(name: str):
+    """``solve_fixed_point`` / ``solve_anderson`` moved to :mod:`unroll.linear_solve` (with the
+    other linear solvers); this keeps ``from unroll.fixed_point import ...`` working."""
+    if name in ("solve_fixed_point", "solve_anderson"):
+        from unroll import linear_solve
 
-    Iterates :math:`x \leftarrow x + b - (A + \rho I) x`, which converges when the spectral
-    radius of :math:`I - A - \rho I` is below 1. For a DEQ backward, ``A = I − Jᵀ`` with
-    ``J = ∂f/∂z*``, so this is :math:`v \leftarrow J^\top v + b`, the fixed-point iteration of
-    the adjoint equation. Starts from ``init`` (default ``b``, i.e. one free step from zero).
-    Signature and options as :mod:`unroll.linear_solve`; use it as a ``solve=`` argument.
-
-    Args:
-        matvec: ``x ↦ A x`` on pytrees shaped like ``b``.
-        b: right-hand side pytree.
-        init: initial guess (default ``b``).
-        ridge: ``ρ`` added to the diagonal.
-        rtol, atol: stop when ``‖b − (A+ρI)x‖ ≤ max(rtol·‖b‖, atol)``.
-        maxiter: cap on matvecs.
-        batched: the leading dimension of every leaf is a batch of independent systems.
-        return_info: also return :class:`unroll.linear_solve.SolveInfo`.
-        check_every: iterations between host convergence checks (default adaptive).
-        on_failure: a solve that stops at ``maxiter`` above the tolerance, diverges (its
-            residual grows past ``DIVERGENCE_FACTOR`` times the first; the last good iterate is
-            returned) or meets NaN/Inf: ``"warn"`` (a
-            :class:`~unroll.linear_solve.ConvergenceWarning` once per cause and call site),
-            ``"raise"`` (:class:`~unroll.linear_solve.ConvergenceError`) or ``"ignore"``.
-
-    Returns:
-        ``x``, or ``(x, SolveInfo)``.
-
-    Example:
-        >>> import torch
-        >>> A = torch.tensor([[1.0, -0.5], [0.2, 1.0]], dtype=torch.float64)
-        >>> x = solve_fixed_point(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12,
-        ...                       maxiter=200)
-        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
-        True
-
-    References:
-        Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., §4.1 (Richardson).
-    """
-    name = "solve_fixed_point"
-    fmap, stop, every, thresh = _linear_setup(
-        name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
-    )
-    check_on_failure(name, on_failure)
-    z, info = _iterate(fmap, maxiter, stop, batched, every)
-    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
-
-
-def solve_anderson(
-    matvec: Callable[[PyTree], PyTree],
-    b: PyTree,
-    *,
-    init: PyTree | None = None,
-    ridge: float | torch.Tensor | None = None,
-    rtol: float = 1e-5,
-    atol: float = 0.0,
-    maxiter: int = 50,
-    batched: bool = False,
-    return_info: bool = False,
-    check_every: int | None = None,
-    on_failure: str = "warn",
-    history_size: int = 5,
-    beta: float = 1.0,
-    anderson_ridge: float = 1e-4,
-) -> PyTree:
-    r"""Anderson-accelerated Richardson iteration for :math:`(A + \rho I)x = b`.
-
-    :func:`anderson` applied to the map :math:`x \mapsto x + b - (A + \rho I)x`; for a DEQ
-    backward (``A = I − Jᵀ``) this accelerates :math:`v \leftarrow J^\top v + b`. On a linear
-    map Anderson acceleration is equivalent to GMRES (Walker & Ni 2011) with a window of
-    ``history_size`` steps.
-
-    Args:
-        matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-            on_failure: as :func:`solve_fixed_point`.
-        history_size: Anderson window ``m``.
-        beta: Anderson damping.
-        anderson_ridge: relative Tikhonov weight of the mixing problem (``ridge`` of
-            :func:`anderson`; ``ridge`` here is the linear system's diagonal shift).
-
-    Returns:
-        ``x``, or ``(x, SolveInfo)``.
-
-    Example:
-        >>> import torch
-        >>> A = torch.tensor([[1.0, -0.9], [0.9, 1.0]], dtype=torch.float64)
-        >>> x = solve_anderson(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12)
-        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
-        True
-
-    References:
-        Walker & Ni, "Anderson acceleration for fixed-point iterations", 2011.
-    """
-    name = "solve_anderson"
-    _check_anderson(name, history_size, beta, anderson_ridge)
-    fmap, stop, every, thresh = _linear_setup(
-        name, matvec, b, init, ridge, rtol, atol, maxiter, batched, check_every
-    )
-    check_on_failure(name, on_failure)
-    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, every, history_size,
-                        beta, anderson_ridge)
-    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
+        return getattr(linear_solve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

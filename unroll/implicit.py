@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
-from unroll._failure import check_on_failure, report
+from unroll._failure import SolveInfo, check_on_failure, report, report_failure
 from unroll._host import host_any as _host_any
 from unroll._host import unwrap_if_dead
-from unroll.linear_solve import SolveInfo, report_failure, solve_cg, solve_gmres
+from unroll.linear_solve import solve_cg, solve_gmres
 
 PyTree = Any
 Solve = Callable[..., PyTree]

@@ -51,18 +51,27 @@ from unroll import tree
 from unroll._failure import (
     BREAKDOWN,
     CONVERGED,
-    DIVERGED,
     MAX_ITER,
     NON_FINITE,
     REASONS,
     ConvergenceError,
     ConvergenceWarning,
+    SolveInfo,
     check_on_failure,
-    report,
+    report_failure,
 )
 from unroll._host import host_any as _host_any
-from unroll._host import host_values
 from unroll._host import in_vmap as _in_vmap
+from unroll.fixed_point import (
+    FixedPointInfo,
+    _anderson,
+    _check_anderson,
+    _check_common,
+    _iterate,
+    _Map,
+    _norm,
+    report_fixed_point,
+)
 
 PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
@@ -81,6 +90,8 @@ __all__ = [
     "solve_inv",
     "solve_cholesky",
     "solve_lu",
+    "solve_fixed_point",
+    "solve_anderson",
 ]
 
 
@@ -91,25 +102,6 @@ per system (a Krylov method that needs more is better preconditioned or regulari
 DENSE_MAX_UNKNOWNS = 8192
 """Largest number of unknowns the dense solvers materialise by default (an ``n × n`` matrix:
 512 MiB in float64 at the cap); pass ``max_unknowns=`` to go beyond, or use a Krylov solver."""
-
-
-class SolveInfo(NamedTuple):
-    """Diagnostics of a linear solve (tensors; per sample when ``batched``).
-
-    Attributes:
-        num_iter: iterations each system used until it converged (or stopped).
-        residual_norm: ``‖b − (A+ρI)x‖`` at return (the recursive residual for CG/BiCGStab).
-        converged: whether ``residual_norm ≤ max(rtol·‖b‖, atol)``; always True with
-            ``rtol = atol = 0`` (a fixed number of iterations was asked for, no tolerance)
-            unless the solve broke down or met NaN/Inf.
-        reason: why each system stopped, a code of :data:`unroll.linear_solve.REASONS`
-            (0 converged, 1 max_iter, 2 breakdown, 3 non_finite, 4 diverged).
-    """
-
-    num_iter: torch.Tensor
-    residual_norm: torch.Tensor
-    converged: torch.Tensor
-    reason: torch.Tensor
 
 
 # =========================================================================== validation
@@ -329,10 +321,6 @@ class _Dots:
         return s.to(like.dtype) if self.complex and not s.is_complex() else s
 
 
-def _conj_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x.conj() * y if x.is_complex() else x * y
-
-
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """``sqrt(x)`` with a zero (not NaN) gradient at ``x = 0`` (Arnoldi breakdown)."""
     pos = x > 0
@@ -346,8 +334,8 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # =========================================================================== loop driver
 class _Loop:
-    """Runs ``step(k)`` up to ``maxiter`` times, asking the host whether all systems have
-    converged every ``check_every`` iterations."""
+    """Runs ``state = step(state)`` up to ``maxiter`` times, asking the host whether any
+    system is still active (``state.active``) every ``check_every`` iterations."""
 
     def __init__(self, probe: torch.Tensor, maxiter: int, check_every: int | None) -> None:
         self.maxiter = maxiter
@@ -355,17 +343,17 @@ class _Loop:
             check_every = 1 if probe.device.type == "cpu" else 8
         self.check_every = check_every
 
-    def run(self, step: Callable[[int], torch.Tensor], active: torch.Tensor) -> int:
-        """``step(k)`` returns the new ``active`` mask; returns the iterations run."""
-        if not _host_any(active):
-            return 0
+    def run(self, step: Callable[[Any], Any], state: Any) -> tuple[Any, int]:
+        """Returns the final state and the number of iterations run."""
+        if not _host_any(state.active):
+            return state, 0
         k = 0
         while k < self.maxiter:
-            active = step(k)
+            state = step(state)
             k += 1
-            if k % self.check_every == 0 and not _host_any(active):
+            if k % self.check_every == 0 and not _host_any(state.active):
                 break
-        return k
+        return state, k
 
 
 class _Options(NamedTuple):
@@ -437,54 +425,16 @@ def _threshold_sq(dots: _Dots, b: list[torch.Tensor], rtol: float, atol: float):
     return torch.clamp(b_sq * rtol**2, min=atol**2)
 
 
-_REMEDY = {
-    MAX_ITER: "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a "
-              "better-scaled operator)",
-    NON_FINITE: "The last finite iterate is returned. Check matvec and its inputs for NaN/Inf "
-                "(e.g. a diverging computation upstream)",
-}
-_ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
-
-
 def _finish(name: str, spec: Any, x: list[torch.Tensor], info: SolveInfo, opts: _Options,
-            maxiter: int, breakdown: str = "") -> PyTree:
-    """Apply the failure policy, then return ``x`` (or ``(x, info)``)."""
+            maxiter: int, breakdown: str = "", remedy: str = "") -> PyTree:
+    """The one result path: apply the failure policy, then return ``x`` (or ``(x, info)``)."""
     if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
-        report_failure(name, info, opts.on_failure, breakdown, rtol=opts.rtol, atol=opts.atol,
-                       maxiter=maxiter)
+        if remedy and not _host_any(info.reason == BREAKDOWN):
+            remedy = ""  # the breakdown remedy only when a system broke down
+        report_failure(name, info, opts.on_failure, breakdown, remedy, rtol=opts.rtol,
+                       atol=opts.atol, maxiter=maxiter)
     out = tree.unflatten(spec, x)
     return (out, info) if opts.return_info else out
-
-
-def report_failure(name: str, info: SolveInfo, on_failure: str, breakdown: str = "",
-                   remedy: str = "", *, rtol: float | None = None, atol: float | None = None,
-                   maxiter: int | None = None) -> None:
-    """Apply the failure policy to the most severe failure in ``info`` (non-finite >
-    breakdown > diverged > max_iter), with its residual and the remedy."""
-    if on_failure == "ignore":
-        return
-    codes = [int(c) for c in host_values(info.reason)]
-    failed = [c for c in codes if c != CONVERGED]
-    if not failed:
-        return
-    res, iters = host_values(info.residual_norm), host_values(info.num_iter)
-    worst = max(failed, key=lambda c: (c == NON_FINITE, c == BREAKDOWN, c == DIVERGED, c))
-    where = f" in {len(failed)} of {len(codes)} systems" if len(codes) > 1 else ""
-    finite = [r for r, c in zip(res, codes) if c == worst and math.isfinite(r)]
-    r = max(finite) if finite else float("nan")
-    if worst == NON_FINITE:
-        detail = f"met NaN or Inf{where}"
-    elif worst == BREAKDOWN:
-        detail = f"{breakdown or 'a zero denominator'}{where} (residual {r:.3e})"
-    elif worst == DIVERGED:
-        detail = f"diverged{where} (residual {r:.3e}); the last good iterate is returned"
-    else:
-        cap = f"at maxiter={maxiter}" if maxiter is not None else (
-            f"after {max(iters):.0f} iteration(s)")
-        tol = "" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})"
-        detail = f"stopped {cap} with residual {r:.3e} above the tolerance{tol}{where}"
-    text = remedy or _REMEDY.get(worst, _REMEDY[MAX_ITER])
-    report(name, REASONS[worst], detail, text + "." + _ON_FAILURE_HINT, on_failure)
 
 
 def _check_finite(name: str, b: list[torch.Tensor], init: list[torch.Tensor]) -> None:
@@ -566,12 +516,7 @@ def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str,
     else:
         x, rs, count, failed = _cg_single(st)
     info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
-    if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
-        remedy = _CG_REMEDY if _host_any(info.reason == BREAKDOWN) else ""
-        report_failure(name, info, opts.on_failure, _CG_BREAKDOWN, remedy, rtol=opts.rtol,
-                       atol=opts.atol, maxiter=st.loop.maxiter)
-    out = tree.unflatten(st.op.spec, x)
-    return (out, info) if opts.return_info else out
+    return _finish(name, st.op.spec, x, info, opts, st.loop.maxiter, _CG_BREAKDOWN, _CG_REMEDY)
 
 
 def _cg_single(st: _Start):
@@ -607,6 +552,19 @@ def _cg_single(st: _Start):
     return x, rs, torch.full_like(rs, k, dtype=torch.long), code
 
 
+class _CGState(NamedTuple):
+    """Masked CG: iterate, residual, direction, ``‖r‖²``, still-active mask, whether NaN/Inf
+    was met, and (when asked for) iterations per system."""
+
+    x: list[torch.Tensor]
+    r: list[torch.Tensor]
+    p: list[torch.Tensor]
+    rs: torch.Tensor
+    active: torch.Tensor
+    nonfin: torch.Tensor
+    count: torch.Tensor | None
+
+
 def _cg_masked(st: _Start, count_iters: bool):
     """CG on several systems (or under ``vmap``), converged systems frozen by masks.
 
@@ -618,38 +576,32 @@ def _cg_masked(st: _Start, count_iters: bool):
     tiny = torch.finfo(thresh_sq.dtype).tiny
     one = dots.single
     rs = dots.sq(r)
-    nonfin = ~torch.isfinite(rs)
-    s = {"x": x, "r": r, "p": r, "rs": rs, "active": rs > thresh_sq, "nonfin": nonfin,
-         "count": torch.zeros_like(rs, dtype=torch.long) if count_iters else None}
+    count = torch.zeros_like(rs, dtype=torch.long) if count_iters else None
+    state = _CGState(x, r, r, rs, rs > thresh_sq, ~torch.isfinite(rs), count)
 
-    def step(_: int) -> torch.Tensor:
-        act = s["active"]
-        ap = op(s["p"])
-        pap = dots.rdot(s["p"], ap)
-        ok = act & (pap > 0)  # frozen systems may have p = 0; NaN fails too
-        alpha = torch.where(ok, s["rs"] / (pap + tiny), 0)
+    def step(s: _CGState) -> _CGState:
+        ap = op(s.p)
+        pap = dots.rdot(s.p, ap)
+        ok = s.active & (pap > 0)  # frozen systems may have p = 0; NaN fails too
+        alpha = torch.where(ok, s.rs / (pap + tiny), 0)
         if one:  # broadcast once for both updates
             alpha = dots.expand(alpha, ap[0])
-        s["x"] = dots.axpy(alpha, s["p"], s["x"], expanded=one)  # x kept where alpha = 0
-        r_new = dots.axpy(alpha, ap, s["r"], sign=-1, expanded=one)
+        x = dots.axpy(alpha, s.p, s.x, expanded=one)  # unchanged where alpha = 0
+        r_new = dots.axpy(alpha, ap, s.r, sign=-1, expanded=one)
         rs_new = dots.sq(r_new)
         fin = torch.isfinite(rs_new)
-        s["nonfin"] = s["nonfin"] | ~fin
         ok = ok & fin
-        s["r"] = [torch.where(dots.mask(ok, a), a, o) for a, o in zip(r_new, s["r"])]
-        rs_new = torch.where(ok, rs_new, s["rs"])
-        s["p"] = dots.axpy(rs_new / (s["rs"] + tiny), s["p"], s["r"])
-        if s["count"] is not None:
-            s["count"] = s["count"] + act
-        s["rs"] = rs_new
-        s["active"] = ok & (rs_new > thresh_sq)  # frozen systems keep rs <= thresh
-        return s["active"]
+        r = [torch.where(dots.mask(ok, a), a, o) for a, o in zip(r_new, s.r)]
+        rs_new = torch.where(ok, rs_new, s.rs)
+        p = dots.axpy(rs_new / (s.rs + tiny), s.p, r)
+        count = None if s.count is None else s.count + s.active
+        # frozen systems keep rs <= thresh; a failed one drops out above it
+        return _CGState(x, r, p, rs_new, ok & (rs_new > thresh_sq), s.nonfin | ~fin, count)
 
-    k = loop.run(step, s["active"])
-    count = s["count"] if s["count"] is not None else k
-    stopped = ~s["active"] & ~(s["rs"] <= thresh_sq)
-    failed = torch.where(stopped, torch.where(s["nonfin"], NON_FINITE, BREAKDOWN), 0)
-    return s["x"], s["rs"], count, failed
+    state, k = loop.run(step, state)
+    stopped = ~state.active & ~(state.rs <= thresh_sq)
+    failed = torch.where(stopped, torch.where(state.nonfin, NON_FINITE, BREAKDOWN), 0)
+    return state.x, state.rs, state.count if state.count is not None else k, failed
 
 
 # =========================================================================== normal CG
@@ -785,25 +737,22 @@ def solve_bicgstab(
     r_hat = r
     rs = dots.sq(r)
     one = torch.ones_like(rs)
+    zeros = [torch.zeros_like(t) for t in r]
     fin0 = torch.isfinite(rs)
-    s = {"x": x, "r": r, "p": [torch.zeros_like(t) for t in r],
-         "v": [torch.zeros_like(t) for t in r], "rho": one, "alpha": one, "omega": one,
-         "rs": rs, "active": fin0 & (rs > thresh_sq),
-         "failed": torch.where(fin0, CONVERGED, NON_FINITE),
-         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
+    state = _BiCGState(x, r, zeros, zeros, one, one, one, rs, fin0 & (rs > thresh_sq),
+                       torch.where(fin0, CONVERGED, NON_FINITE),
+                       torch.zeros_like(rs, dtype=torch.long) if return_info else None)
 
-    def step(_: int) -> torch.Tensor:
-        act = s["active"]
-        rho = dots.dot(r_hat, s["r"])
-        beta = _safe_div(rho, s["rho"]) * _safe_div(s["alpha"], s["omega"])
-        # p = r + beta (p - omega v)
-        pv = dots.axpy(-s["omega"], s["v"], s["p"])
-        p = dots.axpy(beta, pv, s["r"])
+    def step(s: _BiCGState) -> _BiCGState:
+        act = s.active
+        rho = dots.dot(r_hat, s.r)
+        beta = _safe_div(rho, s.rho) * _safe_div(s.alpha, s.omega)
+        p = dots.axpy(beta, dots.axpy(-s.omega, s.v, s.p), s.r)  # r + β(p − ωv)
         v = op(p)
         rhv = dots.dot(r_hat, v)
         alpha = _safe_div(rho, rhv)
-        h = dots.axpy(torch.where(act, alpha, 0), p, s["x"])
-        sv = dots.axpy(-alpha, v, s["r"])
+        h = dots.axpy(torch.where(act, alpha, 0), p, s.x)
+        sv = dots.axpy(-alpha, v, s.r)
         t = op(sv)
         omega = _safe_div(dots.dot(t, sv), dots.sq(t))
         x_new = dots.axpy(torch.where(act, omega, 0), sv, h)
@@ -812,26 +761,39 @@ def solve_bicgstab(
         # a zero denominator (ρ = r̂ᵀr or r̂ᵀv) or a NaN/Inf stops that system where it is
         fin = torch.isfinite(rs_new) & torch.isfinite(alpha) & torch.isfinite(omega)
         ok = act & fin & (rho != 0) & (rhv != 0)
-        s["failed"] = torch.where(act & ~ok, torch.where(fin, BREAKDOWN, NON_FINITE),
-                                  s["failed"])
+        failed = torch.where(act & ~ok, torch.where(fin, BREAKDOWN, NON_FINITE), s.failed)
         keep = [dots.mask(ok, a) for a in r_new]
-        s["x"] = [torch.where(m, a, o) for m, a, o in zip(keep, x_new, s["x"])]
-        s["r"] = [torch.where(m, a, o) for m, a, o in zip(keep, r_new, s["r"])]
-        s["p"], s["v"] = p, v
-        s["rho"] = torch.where(ok, rho, s["rho"])
-        s["alpha"] = torch.where(ok, alpha, s["alpha"])
-        s["omega"] = torch.where(ok, omega, s["omega"])
-        if s["count"] is not None:
-            s["count"] = s["count"] + act
-        s["rs"] = torch.where(ok, rs_new, s["rs"])
-        s["active"] = ok & (s["rs"] > thresh_sq)
-        return s["active"]
+        rs = torch.where(ok, rs_new, s.rs)
+        return _BiCGState(
+            [torch.where(m, a, o) for m, a, o in zip(keep, x_new, s.x)],
+            [torch.where(m, a, o) for m, a, o in zip(keep, r_new, s.r)],
+            p, v, torch.where(ok, rho, s.rho), torch.where(ok, alpha, s.alpha),
+            torch.where(ok, omega, s.omega), rs, ok & (rs > thresh_sq), failed,
+            None if s.count is None else s.count + act,
+        )
 
-    k = loop.run(step, s["active"])
-    info = _info(s["count"] if s["count"] is not None else k, s["rs"], thresh_sq, opts.fixed,
-                 s["failed"])
-    return _finish(name, op.spec, s["x"], info, opts, loop.maxiter,
+    state, k = loop.run(step, state)
+    info = _info(state.count if state.count is not None else k, state.rs, thresh_sq,
+                 opts.fixed, state.failed)
+    return _finish(name, op.spec, state.x, info, opts, loop.maxiter,
                    "a zero denominator (r̂ᵀr or r̂ᵀv = 0)")
+
+
+class _BiCGState(NamedTuple):
+    """BiCGStab: iterate, residual, directions ``p``/``v``, the scalars ρ, α, ω, ``‖r‖²``,
+    active mask, failure code and (when asked for) iterations per system."""
+
+    x: list[torch.Tensor]
+    r: list[torch.Tensor]
+    p: list[torch.Tensor]
+    v: list[torch.Tensor]
+    rho: torch.Tensor
+    alpha: torch.Tensor
+    omega: torch.Tensor
+    rs: torch.Tensor
+    active: torch.Tensor
+    failed: torch.Tensor
+    count: torch.Tensor | None
 
 
 # =========================================================================== GMRES
@@ -885,35 +847,47 @@ def solve_gmres(
     bl = op.b_leaves
     rs = dots.sq(r)
     fin0 = torch.isfinite(rs)
-    s = {"x": x, "r": r, "rs": rs, "active": fin0 & (rs > thresh_sq), "used": 0,
-         "failed": torch.where(fin0, CONVERGED, NON_FINITE),
-         "count": torch.zeros_like(rs, dtype=torch.long) if return_info else None}
+    state = _GMRESState(x, r, rs, fin0 & (rs > thresh_sq), 0,
+                        torch.where(fin0, CONVERGED, NON_FINITE),
+                        torch.zeros_like(rs, dtype=torch.long) if return_info else None)
 
-    def cycle(_: int) -> torch.Tensor:
-        m = min(restart, maxiter - s["used"])
-        s["used"] += m
-        act = s["active"]
-        update = _arnoldi_lstsq(op, dots, s["r"], s["rs"], m)
+    def cycle(s: _GMRESState) -> _GMRESState:
+        m = min(restart, maxiter - s.used)
+        act = s.active
+        update = _arnoldi_lstsq(op, dots, s.r, s.rs, m)
         x_new = [a + torch.where(dots.mask(act, u), u, torch.zeros_like(u))
-                 for a, u in zip(s["x"], update)]
+                 for a, u in zip(s.x, update)]
         r_new = [bb - ax for bb, ax in zip(bl, op(x_new))]
         rs_new = dots.sq(r_new)
         ok = act & torch.isfinite(rs_new)  # NaN/Inf: keep the last finite iterate
-        s["failed"] = torch.where(act & ~ok, NON_FINITE, s["failed"])
         keep = [dots.mask(ok, t) for t in r_new]
-        s["x"] = [torch.where(k, a, o) for k, a, o in zip(keep, x_new, s["x"])]
-        s["r"] = [torch.where(k, a, o) for k, a, o in zip(keep, r_new, s["r"])]
-        if s["count"] is not None:
-            s["count"] = s["count"] + act * m
-        s["rs"] = torch.where(ok, rs_new, s["rs"])
-        s["active"] = ok & (s["rs"] > thresh_sq)
-        return s["active"]
+        rs = torch.where(ok, rs_new, s.rs)
+        return _GMRESState(
+            [torch.where(k, a, o) for k, a, o in zip(keep, x_new, s.x)],
+            [torch.where(k, a, o) for k, a, o in zip(keep, r_new, s.r)],
+            rs, ok & (rs > thresh_sq), s.used + m,
+            torch.where(act & ~ok, NON_FINITE, s.failed),
+            None if s.count is None else s.count + act * m,
+        )
 
     loop.maxiter = -(-maxiter // restart)
-    k = loop.run(cycle, s["active"])
-    count = s["count"] if s["count"] is not None else min(k * restart, maxiter)
-    info = _info(count, s["rs"], thresh_sq, opts.fixed, s["failed"])
-    return _finish(name, op.spec, s["x"], info, opts, maxiter)
+    state, k = loop.run(cycle, state)
+    count = state.count if state.count is not None else min(k * restart, maxiter)
+    info = _info(count, state.rs, thresh_sq, opts.fixed, state.failed)
+    return _finish(name, op.spec, state.x, info, opts, maxiter)
+
+
+class _GMRESState(NamedTuple):
+    """Restarted GMRES between cycles: iterate, true residual, ``‖r‖²``, active mask, matvecs
+    used, failure code and (when asked for) matvecs per system."""
+
+    x: list[torch.Tensor]
+    r: list[torch.Tensor]
+    rs: torch.Tensor
+    active: torch.Tensor
+    used: int
+    failed: torch.Tensor
+    count: torch.Tensor | None
 
 
 def _arnoldi_lstsq(
@@ -1148,3 +1122,173 @@ solve_lu = _make_dense(
     _DENSE_DOC.format(what="LU solve", how="solves with its pivoted LU factors", req="",
                       name="solve_lu"),
 )
+
+
+# =========================================================================== fixed-point solvers
+def _linear_setup(name: str, matvec: Callable[[PyTree], PyTree], b: PyTree, opts: _Options):
+    """The Richardson map ``x ↦ x + b − (A + ρI)x`` of a fixed-point linear solver, its
+    stopping rule, and the iteration cap (validated as for every solver)."""
+    init, ridge, batched = opts.init, opts.ridge, opts.batched
+    b_leaves, spec = tree.flatten(b)
+    _check_args(name, matvec, b_leaves, opts.rtol, opts.atol, opts.maxiter, True, batched)
+    check_on_failure(name, opts.on_failure)
+    n = sum(leaf[0].numel() if batched else leaf.numel() for leaf in b_leaves)
+    maxiter = opts.maxiter if opts.maxiter is not None else min(10 * max(n, 1), MAXITER_CAP)
+    _check_common(name, b_leaves, maxiter, 0.0, batched, opts.check_every)
+    if init is None:
+        x0 = list(b_leaves)  # one free Richardson step from zero: x₁ = b
+    else:
+        x0, init_spec = tree.flatten(init)
+        if init_spec != spec or any(a.shape != c.shape for a, c in zip(x0, b_leaves)):
+            raise ValueError(f"{name}: init must have the structure and shapes of b.")
+    _check_finite(name, b_leaves, [] if init is None else x0)
+    single = isinstance(b, torch.Tensor)
+
+    def richardson(x: PyTree) -> PyTree:
+        """``x + b − (A + ρI) x``: its fixed point solves the linear system."""
+        ax = matvec(x)
+        if single and isinstance(ax, torch.Tensor) and ax.shape == b.shape:
+            return (x - ax if ridge is None else x - ax - ridge * x) + b
+        ax_leaves, ax_spec = tree.flatten(ax)
+        if ax_spec != spec or any(a.shape != c.shape for a, c in zip(ax_leaves, b_leaves)):
+            raise ValueError(
+                f"{name}: matvec must return a pytree with the structure and shapes of b; got "
+                f"{ax_spec} for b {spec}."
+            )
+        x_leaves = tree.leaves(x)
+        if ridge is not None:
+            ax_leaves = [a + ridge * v for a, v in zip(ax_leaves, x_leaves)]
+        out = [v + bb - a for v, bb, a in zip(x_leaves, b_leaves, ax_leaves)]
+        return tree.unflatten(spec, out)
+
+    thresh = torch.clamp(_norm(b_leaves, batched) * opts.rtol, min=opts.atol)
+
+    def stop(res: torch.Tensor, _: list[torch.Tensor]):
+        return res, thresh
+
+    return _Map(name, richardson, tree.unflatten(spec, x0), ()), stop, thresh, maxiter
+
+
+def _linear_finish(
+    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor, maxiter: int,
+    on_failure: str, return_info: bool,
+):
+    report_fixed_point(name, info, thresh, maxiter, on_failure)
+    if return_info:
+        return z, SolveInfo(info.num_iter, info.residual, info.converged, info.reason)
+    return z
+
+
+def solve_fixed_point(
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    ridge: float | torch.Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    batched: bool = False,
+    return_info: bool = False,
+    check_every: int | None = None,
+    on_failure: str = "warn",
+) -> PyTree:
+    r"""Richardson (fixed-point) iteration for a linear system :math:`(A + \rho I)x = b`.
+
+    Iterates :math:`x \leftarrow x + b - (A + \rho I) x`, which converges when the spectral
+    radius of :math:`I - A - \rho I` is below 1. For a DEQ backward, ``A = I − Jᵀ`` with
+    ``J = ∂f/∂z*``, so this is :math:`v \leftarrow J^\top v + b`, the fixed-point iteration of
+    the adjoint equation. Starts from ``init`` (default ``b``, i.e. one free step from zero).
+    Signature and options as :mod:`unroll.linear_solve`; use it as a ``solve=`` argument.
+
+    Args:
+        matvec: ``x ↦ A x`` on pytrees shaped like ``b``.
+        b: right-hand side pytree.
+        init: initial guess (default ``b``).
+        ridge: ``ρ`` added to the diagonal.
+        rtol, atol: stop when ``‖b − (A+ρI)x‖ ≤ max(rtol·‖b‖, atol)``.
+        maxiter: cap on matvecs (default ``min(10 n, MAXITER_CAP)``, as every solver).
+        batched: the leading dimension of every leaf is a batch of independent systems.
+        return_info: also return :class:`unroll.linear_solve.SolveInfo`.
+        check_every: iterations between host convergence checks (default adaptive).
+        on_failure: a solve that stops at ``maxiter`` above the tolerance, diverges (its
+            residual grows past ``DIVERGENCE_FACTOR`` times the first; the last good iterate is
+            returned) or meets NaN/Inf: ``"warn"`` (a
+            :class:`~unroll.linear_solve.ConvergenceWarning` once per cause and call site),
+            ``"raise"`` (:class:`~unroll.linear_solve.ConvergenceError`) or ``"ignore"``.
+
+    Returns:
+        ``x``, or ``(x, SolveInfo)``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, -0.5], [0.2, 1.0]], dtype=torch.float64)
+        >>> x = solve_fixed_point(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12,
+        ...                       maxiter=200)
+        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
+        True
+
+    References:
+        Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., §4.1 (Richardson).
+    """
+    name = "solve_fixed_point"
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+                    on_failure)
+    fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
+    z, info = _iterate(fmap, maxiter, stop, batched, check_every)
+    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
+
+
+def solve_anderson(
+    matvec: Callable[[PyTree], PyTree],
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    ridge: float | torch.Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    batched: bool = False,
+    return_info: bool = False,
+    check_every: int | None = None,
+    on_failure: str = "warn",
+    history_size: int = 5,
+    beta: float = 1.0,
+    anderson_ridge: float = 1e-4,
+) -> PyTree:
+    r"""Anderson-accelerated Richardson iteration for :math:`(A + \rho I)x = b`.
+
+    :func:`anderson` applied to the map :math:`x \mapsto x + b - (A + \rho I)x`; for a DEQ
+    backward (``A = I − Jᵀ``) this accelerates :math:`v \leftarrow J^\top v + b`. On a linear
+    map Anderson acceleration is equivalent to GMRES (Walker & Ni 2011) with a window of
+    ``history_size`` steps.
+
+    Args:
+        matvec, b, init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+            on_failure: as :func:`solve_fixed_point`.
+        history_size: Anderson window ``m``.
+        beta: Anderson damping.
+        anderson_ridge: relative Tikhonov weight of the mixing problem (``ridge`` of
+            :func:`anderson`; ``ridge`` here is the linear system's diagonal shift).
+
+    Returns:
+        ``x``, or ``(x, SolveInfo)``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, -0.9], [0.9, 1.0]], dtype=torch.float64)
+        >>> x = solve_anderson(lambda v: A @ v, torch.ones(2, dtype=torch.float64), rtol=1e-12)
+        >>> torch.allclose(A @ x, torch.ones(2, dtype=torch.float64))
+        True
+
+    References:
+        Walker & Ni, "Anderson acceleration for fixed-point iterations", 2011.
+    """
+    name = "solve_anderson"
+    _check_anderson(name, history_size, beta, anderson_ridge)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
+                    on_failure)
+    fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
+    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, check_every,
+                        history_size, beta, anderson_ridge)
+    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)

@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
-from unroll._failure import check_on_failure
+from unroll._failure import SolveInfo, check_on_failure, report_failure
 from unroll._host import host_any, is_transformed
-from unroll.linear_solve import SolveInfo, report_failure, solve_cg
+from unroll.linear_solve import solve_cg
 from unroll.physics._utils import expand_per_sample, real_dtype, require_tensor
 from unroll.physics.base import LinearPhysics
 
