@@ -22,9 +22,14 @@ from torch import nn
 import unroll
 from unroll import _failure
 from unroll import linear_solve as ls
-from unroll.fixed_point import anderson, fixed_point_iteration, solve_anderson, solve_fixed_point
+from unroll.fixed_point import anderson, fixed_point_iteration
 from unroll.implicit import ImplicitModule, custom_root, root_jvp, root_vjp
-from unroll.linear_solve import ConvergenceError, ConvergenceWarning
+from unroll.linear_solve import (
+    ConvergenceError,
+    ConvergenceWarning,
+    solve_anderson,
+    solve_fixed_point,
+)
 
 DT = torch.float64
 KRYLOV = {

@@ -11,14 +11,8 @@ import pytest
 import torch
 from tanh_layer import plain_loop, tanh_f, tanh_layer
 
-from unroll.fixed_point import (
-    FixedPointInfo,
-    anderson,
-    fixed_point_iteration,
-    solve_anderson,
-    solve_fixed_point,
-)
-from unroll.linear_solve import ConvergenceWarning
+from unroll.fixed_point import FixedPointInfo, anderson, fixed_point_iteration
+from unroll.linear_solve import ConvergenceWarning, solve_anderson, solve_fixed_point
 
 DT = torch.float64
 SOLVERS = [fixed_point_iteration, anderson]

@@ -346,9 +346,7 @@ def test_top_level_exports():
 def test_custom_fixed_point_with_fixed_point_backward_solvers(solve_name):
     # The backward operator is (I − ∂T)ᵀ: Richardson/Anderson iterations on it converge for a
     # contractive T, and agree with the closed form x* = (I − M)⁻¹ a.
-    from unroll import fixed_point as fp
-
-    solve = getattr(fp, solve_name, None) or getattr(ls, solve_name)
+    solve = getattr(ls, solve_name)
     g = torch.Generator().manual_seed(21)
     M = torch.randn(5, 5, generator=g, dtype=DT)
     M = 0.6 * M / torch.linalg.matrix_norm(M, ord=2)

@@ -20,10 +20,15 @@ from unroll import (
     tree,
     unfolded,
 )
-from unroll._implicit_module import ImplicitModule
 from unroll.equilibrium import DEQ, DEQConfig, deq
 from unroll.fixed_point import FixedPointInfo, anderson, fixed_point_iteration
-from unroll.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
+from unroll.implicit import (
+    ImplicitModule,
+    custom_fixed_point,
+    custom_root,
+    root_jvp,
+    root_vjp,
+)
 
 __version__ = "0.1.0"
 

@@ -37,16 +37,15 @@ from torch import nn
 
 from unroll import tree
 from unroll._failure import check_on_failure
+from unroll._typing import PyTree
 from unroll.fixed_point import (
     FixedPointInfo,
     anderson,
     fixed_point_iteration,
     report_fixed_point,
 )
-from unroll.implicit import ClosedOverTensorError, _custom_root
+from unroll.implicit._rules import ClosedOverTensorError, _custom_root
 from unroll.linear_solve import solve_anderson, solve_fixed_point
-
-PyTree = Any
 
 __all__ = ["DEQConfig", "deq", "DEQ"]
 

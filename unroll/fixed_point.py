@@ -52,8 +52,7 @@ from unroll._failure import (
 )
 from unroll._host import host_any as _host_any
 from unroll._host import host_max, host_values
-
-PyTree = Any
+from unroll._typing import PyTree
 
 __all__ = [
     "FixedPointInfo",
@@ -645,12 +644,3 @@ def report_fixed_point(
                   f"tol={tol_v:.3e}")
     report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
 
-
-def __getattr__(name: str):
-    """``solve_fixed_point`` / ``solve_anderson`` moved to :mod:`unroll.linear_solve` (with the
-    other linear solvers); this keeps ``from unroll.fixed_point import ...`` working."""
-    if name in ("solve_fixed_point", "solve_anderson"):
-        from unroll import linear_solve
-
-        return getattr(linear_solve, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

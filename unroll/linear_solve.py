@@ -62,6 +62,7 @@ from unroll._failure import (
 )
 from unroll._host import host_any as _host_any
 from unroll._host import in_vmap as _in_vmap
+from unroll._typing import MatVec, PyTree
 from unroll.fixed_point import (
     FixedPointInfo,
     _anderson,
@@ -72,9 +73,6 @@ from unroll.fixed_point import (
     _norm,
     report_fixed_point,
 )
-
-PyTree = Any
-MatVec = Callable[[PyTree], PyTree]
 
 __all__ = [
     "ConvergenceWarning",

@@ -55,8 +55,8 @@ from typing import Any, NamedTuple
 import torch
 
 from unroll import tree
+from unroll._typing import PyTree
 
-PyTree = Any
 Scalar = float | torch.Tensor
 
 __all__ = [

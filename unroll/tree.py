@@ -27,10 +27,11 @@ from typing import Any
 import optree
 import torch
 
+from unroll._typing import PyTree
+
 NAMESPACE = "unroll"
 """optree namespace in which unroll registers its own pytree classes (physics, states)."""
 
-PyTree = Any
 
 
 # --------------------------------------------------------------------------- structure

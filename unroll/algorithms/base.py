@@ -47,8 +47,6 @@ from unroll import tree
 from unroll._host import host_any as _host_any
 from unroll._host import try_bool as _try_bool
 
-PyTree = Any
-
 PRIOR_KEY = "prior"
 ALIASES = {"g_param": "sigma_denoiser"}
 HYPERPARAMETERS = ("stepsize", "lambda_reg", "sigma_denoiser", "beta", "stepsize_dual")

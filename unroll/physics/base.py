@@ -28,6 +28,7 @@ from unroll.physics._utils import (
     require_tensor,
     validate_prox_gamma,
 )
+from unroll.physics.prox import _least_squares, least_squares
 
 __all__ = ["LinearPhysics", "ComposedPhysics", "compose"]
 
@@ -217,8 +218,6 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
-        from unroll.physics.prox import _least_squares
-
         return _least_squares(self, y, z, gamma, gamma_checked=True,
                               **opts.least_squares_kwargs())
 
@@ -236,8 +235,6 @@ class LinearPhysics:
         :math:`\arg\min_x \|Ax-y\|`, here by conjugate gradient on :math:`A^\top A x =
         A^\top y` from zero (subclasses with a closed form override it). Options as in
         :meth:`prox_l2`."""
-        from unroll.physics.prox import least_squares
-
         api = f"{type(self).__name__}.A_dagger"
         opts = check_solve_options(
             api, max_iter, tol, implicit_backward_solver, on_failure, unknown

@@ -36,9 +36,9 @@ import torch
 from unroll import tree
 from unroll._failure import SolveInfo, check_on_failure, report_failure
 from unroll._host import host_any, is_transformed
+from unroll._typing import LinearOperator
 from unroll.linear_solve import solve_cg
 from unroll.physics._utils import expand_per_sample, real_dtype, require_tensor
-from unroll.physics.base import LinearPhysics
 
 __all__ = ["least_squares", "check_gamma"]
 
@@ -61,7 +61,7 @@ _BACKWARD_REMEDY = (
 )
 
 def least_squares(
-    physics: LinearPhysics,
+    physics: LinearOperator,
     y: torch.Tensor,
     z: torch.Tensor | None = None,
     gamma: float | torch.Tensor | None = None,
@@ -82,7 +82,8 @@ def least_squares(
     A^\top y` from zero).
 
     Args:
-        physics: a :class:`LinearPhysics` (its tensors are differentiated too).
+        physics: a :class:`~unroll.physics.LinearPhysics` (its tensors are differentiated
+            too), or any object with its methods and CG settings.
         y: measurements, shaped like ``physics.A(x)`` with a leading batch dimension.
         z: the prox centre, shaped like ``x`` (``None``: zeros). Must be ``None`` when
             ``gamma`` is ``None``.
@@ -140,7 +141,7 @@ def least_squares(
 
 
 def _least_squares(
-    physics: LinearPhysics,
+    physics: LinearOperator,
     y: torch.Tensor,
     z: torch.Tensor | None,
     gamma: float | torch.Tensor | None,
@@ -155,9 +156,10 @@ def _least_squares(
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
     """:func:`least_squares`; ``gamma_checked``: the caller (``prox_l2``) already validated
     ``gamma`` (saves a second host read)."""
-    if not isinstance(physics, LinearPhysics):
+    if not isinstance(physics, LinearOperator):
         raise TypeError(
-            f"{_API}: physics must be an unroll.physics.LinearPhysics, got "
+            f"{_API}: physics must be an unroll.physics.LinearPhysics (A, A_adjoint, "
+            f"normal_operator and CG settings max_iter, tol, implicit_backward_solver), got "
             f"{type(physics).__name__}."
         )
     require_tensor(_API, "y", y)
@@ -205,7 +207,7 @@ def _least_squares(
 
 # ---------------------------------------------------------------------- validation
 def _settings(
-    physics: LinearPhysics, max_iter: int | None, tol: float | None, on_failure: str
+    physics: LinearOperator, max_iter: int | None, tol: float | None, on_failure: str
 ) -> _Settings:
     max_iter = physics.max_iter if max_iter is None else max_iter
     tol = physics.tol if tol is None else tol
@@ -263,13 +265,13 @@ def check_gamma(api: str, gamma: float | torch.Tensor, like: torch.Tensor) -> to
 
 # ---------------------------------------------------------------------- the solves
 def _prox_residual(
-    h: torch.Tensor, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor, physics: LinearPhysics
+    h: torch.Tensor, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor, physics: LinearOperator
 ) -> torch.Tensor:
     """``F(h) = Aᵀ(A h − y) + (h − z)/γ`` (zero at the prox)."""
     return physics.A_adjoint(physics.A(h) - y) + (h - z) / expand_per_sample(gamma, h)
 
 
-def _pinv_residual(h: torch.Tensor, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
+def _pinv_residual(h: torch.Tensor, y: torch.Tensor, physics: LinearOperator) -> torch.Tensor:
     """``F(h) = Aᵀ(A h − y)`` (zero at every least-squares solution)."""
     return physics.A_adjoint(physics.A(h) - y)
 
@@ -279,7 +281,7 @@ def _prox_cg(
     z: torch.Tensor,
     y: torch.Tensor,
     gamma: torch.Tensor,
-    physics: LinearPhysics,
+    physics: LinearOperator,
     *,
     settings: _Settings,
 ) -> tuple[torch.Tensor, SolveInfo]:
@@ -297,7 +299,7 @@ def _prox_cg(
 
 
 def _pinv_cg(
-    init: torch.Tensor, y: torch.Tensor, physics: LinearPhysics, *, settings: _Settings
+    init: torch.Tensor, y: torch.Tensor, physics: LinearOperator, *, settings: _Settings
 ) -> tuple[torch.Tensor, SolveInfo]:
     return solve_cg(
         physics.normal_operator(init), physics.A_adjoint(y), init=init, rtol=settings.tol,
@@ -336,7 +338,7 @@ def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False)
     return solve
 
 
-def _fast_normal_op(physics: LinearPhysics, gamma: torch.Tensor | None, others: tuple):
+def _fast_normal_op(physics: LinearOperator, gamma: torch.Tensor | None, others: tuple):
     """``u ↦ AᵀA u + u/γ`` on detached tensors, or ``None`` inside ``torch.func`` transforms
     (their wrapped tensors must not outlive the forward call)."""
     if any(is_transformed(t) for t in (*tree.leaves(physics), gamma, *others)):
@@ -354,7 +356,7 @@ def _fast_normal_op(physics: LinearPhysics, gamma: torch.Tensor | None, others: 
     return normal
 
 
-def _differentiable(physics: LinearPhysics) -> bool:
+def _differentiable(physics: LinearOperator) -> bool:
     """Whether the physics tensors may need gradients: one requires grad, or one is being
     transformed by ``torch.func`` (inside ``vmap`` ``requires_grad`` reads False although an
     outer ``backward`` may still need the gradient). Otherwise they are left out of the
@@ -384,7 +386,7 @@ def _pinv_solver(settings: _Settings, diff_physics: bool, normal_op):
 
 def _implicit(residual, argnums: tuple[int, ...], solve, settings: _Settings):
     """``custom_root`` whose backward failures are reported as ``least_squares (backward)``."""
-    from unroll.implicit import _custom_root
+    from unroll.implicit._rules import _custom_root
 
     return _custom_root("least_squares", residual, argnums, True, solve, settings.on_failure,
                         f"{_API} (backward)", _BACKWARD_REMEDY)

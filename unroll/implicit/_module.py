@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from unroll import tree
+from unroll.implicit._rules import ClosedOverTensorError, custom_root
 
 __all__ = ["ImplicitModule"]
 
@@ -385,9 +386,6 @@ def _attach_implicit_grad(
     linear_solve: Callable[..., Any] | None,
 ) -> dict[str, torch.Tensor]:
     """Pass the solution through ``custom_root`` so it carries the implicit VJP."""
-    # late: unroll.implicit re-exports this module
-    from unroll.implicit import ClosedOverTensorError, custom_root
-
     options: dict[str, Any] = {"argnums": (1, 2) if diff_inputs else 1}
     if linear_solve is not None:
         options["solve"] = linear_solve

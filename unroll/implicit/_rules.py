@@ -1,26 +1,4 @@
-r"""Implicit differentiation of roots and fixed points.
-
-If ``x*(θ)`` solves :math:`F(x^*(\theta), \theta) = 0` and :math:`\partial_x F` is invertible,
-the implicit function theorem gives
-
-.. math::  \partial_\theta x^* = -(\partial_x F)^{-1}\, \partial_\theta F .
-
-Reverse mode therefore needs one linear solve with the transposed Jacobian,
-:math:`(\partial_x F)^\top u = -\bar x`, followed by
-:math:`\bar\theta = (\partial_\theta F)^\top u` (:func:`root_vjp`); forward mode solves
-:math:`(\partial_x F)\, \dot x = -\partial_\theta F\,\dot\theta` (:func:`root_jvp`).
-:func:`custom_root` attaches these rules to any solver, whatever it does inside (it is run
-without recording a graph), so memory does not depend on its iterations.
-
-The rules live in a ``torch.autograd.Function`` (``forward`` + ``setup_context`` with a
-generated vmap rule) that saves the *solution* it outputs, so ``.backward()``,
-``torch.func.grad / vjp / jacrev / vmap``, ``vmap(grad(...))``, grad-of-grad and forward mode
-(``jvp`` / ``jacfwd``) all compose.
-
-References:
-    Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022 (JAXopt).
-    Krantz & Parks, *The Implicit Function Theorem*, Birkhäuser 2002.
-"""
+"""The pure implicit-differentiation rules (see :mod:`unroll.implicit`)."""
 
 from __future__ import annotations
 
@@ -35,9 +13,9 @@ from unroll import tree
 from unroll._failure import SolveInfo, check_on_failure, report, report_failure
 from unroll._host import host_any as _host_any
 from unroll._host import unwrap_if_dead
+from unroll._typing import PyTree
 from unroll.linear_solve import solve_cg, solve_gmres
 
-PyTree = Any
 Solve = Callable[..., PyTree]
 
 __all__ = [
@@ -45,7 +23,6 @@ __all__ = [
     "root_jvp",
     "custom_root",
     "custom_fixed_point",
-    "ImplicitModule",
     "ClosedOverTensorError",
 ]
 
@@ -683,5 +660,3 @@ def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, l
 
     return decorator
 
-
-from unroll._implicit_module import ImplicitModule  # noqa: E402  (uses custom_root)
