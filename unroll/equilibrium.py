@@ -44,7 +44,7 @@ from unroll.fixed_point import (
     fixed_point_iteration,
     report_fixed_point,
 )
-from unroll.implicit._rules import ClosedOverTensorError, _custom_root
+from unroll.implicit._rules import ClosedOverTensorError, _custom_fixed_point
 from unroll.linear_solve import solve_anderson, solve_fixed_point
 
 __all__ = ["DEQConfig", "deq", "DEQ"]
@@ -166,16 +166,6 @@ class DEQConfig:
         return functools.partial(solve_fixed_point, **common)
 
 
-def _residual_fn(f: Callable[..., PyTree]) -> Callable[..., PyTree]:
-    """``F(z, *args) = z − f(z, *args)``, whose Jacobian ``I − J`` makes the adjoint system
-    ``(I − Jᵀ) v = u`` (Richardson on it is ``v ← Jᵀ v + u``)."""
-
-    def residual(z: PyTree, *args: Any) -> PyTree:
-        return tree.sub(z, f(z, *args))
-
-    return residual
-
-
 def deq(
     f: Callable[..., PyTree],
     z0: PyTree,
@@ -241,8 +231,8 @@ def deq(
         if args:  # Jacobian-free: one differentiable application of f at the fixed point
             z = f(tree.detach(z), *args)
     else:
-        implicit = _custom_root(
-            "deq", _residual_fn(f), tuple(range(1, len(args) + 1)), False,
+        implicit = _custom_fixed_point(  # F(z) = z − f(z): backward solves (I − Jᵀ) v = u
+            "deq", f, tuple(range(1, len(args) + 1)), False,
             cfg.backward_solver(), cfg.on_failure, "deq (backward)", _BACKWARD_REMEDY,
         )
         try:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from unroll import algorithms as _alg
-from unroll import tree
+from unroll import equilibrium, tree
 from unroll.algorithms.base import (
     ALIASES,
     PRIOR_KEY,
@@ -89,9 +89,10 @@ def unfold(
     DEQ (``deq`` a :class:`unroll.DEQConfig`): ``x = output(s*)`` with ``s* = step(s*, y,
     physics, params)`` found by :func:`unroll.deq` (its forward runs to the config's
     ``max_iter`` / ``tol``; ``max_iter`` here is unused), the backward solving
-    ``v = (∂step/∂s*)ᵀ v + u``; parameters are shared (``per_iteration`` must be empty). FISTA's
-    state carries a momentum counter that never reaches a fixed point: :class:`Unfolded` runs
-    a FISTA DEQ on PGD's map, which has the same fixed points.
+    ``v = (∂step/∂s*)ᵀ v + u``; parameters are shared (``per_iteration`` must be empty). An
+    algorithm whose state has no fixed point names the one its DEQ runs
+    (:attr:`~unroll.algorithms.Algorithm.equilibrium`: FISTA's momentum counter grows forever,
+    so a FISTA DEQ runs PGD's map, which has the same fixed points).
 
     At each call, keys of ``params`` outside the algorithm's
     :attr:`~unroll.algorithms.Algorithm.param_names` raise a ValueError that suggests the
@@ -165,18 +166,24 @@ def unfold(
             state = algorithm.step(state, y, physics, params_at(params, k, names))
         return algorithm.output(state)
 
-    def apply_deq(params: dict, y: Tensor, physics: Any) -> Tensor:
-        from unroll.equilibrium import deq as deq_fn
+    fixed = algorithm.equilibrium or algorithm  # FISTA: PGD's map (same fixed points)
 
+    def apply_deq(params: dict, y: Tensor, physics: Any) -> Tensor:
         params = prepare(params, y)
-        state0 = algorithm.init(y, physics, params)
-        state = deq_fn(_deq_map(algorithm), state0, y, physics, params, config=deq)
-        return algorithm.output(state)
+        state0 = fixed.init(y, physics, params)
+        state = equilibrium.deq(_deq_map(fixed), state0, y, physics, params, config=deq)
+        return fixed.output(state)
 
     return apply_deq if deq is not None else apply_unrolled
 
 
-_unfold = unfold
+def _network(
+    algorithm: Algorithm, max_iter: int, config: DEQConfig | None, per_iteration: tuple
+) -> Callable[[dict, Tensor, Any], Tensor]:
+    """:func:`unfold` for :class:`Unfolded`, whose ``unfold`` and ``DEQ`` arguments (the
+    seeds' keyword names) shadow the functions inside its ``__init__``."""
+    return unfold(algorithm, max_iter, deq=config, per_iteration=per_iteration)
+
 
 
 def _deq_map(algorithm: Algorithm) -> Callable:
@@ -400,10 +407,7 @@ class Unfolded(nn.Module):
         check_tol(api, tol)
         DEQ = deq_config(api, DEQ)  # noqa: N806
         self.max_iter, self.deq_config, self.unfold, self.tol = max_iter, DEQ, unfold, tol
-        deq_factory = _alg.pgd if self.factory is _alg.fista else self.factory
-        self.algorithm = (deq_factory if DEQ is not None else self.factory)(
-            self.data_fidelity, prior
-        )
+        self.algorithm = self.factory(self.data_fidelity, prior)
         if not isinstance(self.algorithm, Algorithm):
             raise TypeError(
                 f"{api}: the iteration factory must return an unroll.algorithms.Algorithm, "
@@ -424,7 +428,7 @@ class Unfolded(nn.Module):
                 f"{api}: a DEQ has one set of parameters, but {list(per_it)} are per-iteration "
                 "lists; pass single numbers or tensors (or one-element lists)."
             )
-        self._core = _unfold(self.algorithm, max_iter, deq=DEQ, per_iteration=per_it)
+        self._core = _network(self.algorithm, max_iter, DEQ, per_it)
 
     def params(self, dtype: torch.dtype | None = None) -> dict:
         """The algorithm's parameters: hyperparameters (cast to ``dtype``) and prior weights."""

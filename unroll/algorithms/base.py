@@ -67,6 +67,9 @@ class Algorithm(NamedTuple):
         param_names: the parameter keys ``step`` reads (canonical names; their aliases, such
             as ``g_param``, are accepted too), or None for :data:`STANDARD_PARAMS`.
             :func:`run` and :func:`unroll.unfolded.unfold` reject any other key.
+        equilibrium: the algorithm a deep equilibrium model of this one runs, when its own
+            state has no fixed point (FISTA's momentum counter grows forever: its DEQ runs
+            :func:`pgd`, which has the same fixed points); None: this algorithm itself.
 
     Example:
         >>> import torch
@@ -85,6 +88,7 @@ class Algorithm(NamedTuple):
     step: Callable[..., Any]
     output: Callable[[Any], torch.Tensor]
     param_names: tuple[str, ...] | None = None
+    equilibrium: Algorithm | None = None
 
 
 class RunInfo(NamedTuple):

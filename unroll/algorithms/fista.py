@@ -8,6 +8,7 @@ import torch
 
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
+from unroll.algorithms.pgd import pgd
 
 
 class FISTAState(NamedTuple):
@@ -55,4 +56,5 @@ def fista(data_fidelity: Any, prior: Any) -> Algorithm:
         a = ((state.t - 1) / t).reshape((-1,) + (1,) * (x.dim() - 1))
         return FISTAState(x, x + a * (x - state.x), t)
 
-    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
+    # the momentum counter t grows forever: a DEQ of FISTA runs PGD (same fixed points)
+    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS, pgd(data_fidelity, prior))

@@ -590,16 +590,23 @@ def custom_fixed_point(
         >>> torch.allclose(g, torch.tensor(2.0, dtype=torch.float64))
         True
     """
+    return _custom_fixed_point("custom_fixed_point", fixed_point_fn, argnums, has_aux, solve,
+                               on_failure)
+
+
+def _custom_fixed_point(api, fixed_point_fn, argnums, has_aux, solve, on_failure=None,
+                        label=None, remedy=""):
+    """:func:`custom_fixed_point` reporting backward failures under ``label`` (``deq`` passes
+    ``"deq (backward)"``)."""
     if not callable(fixed_point_fn):
-        raise TypeError("custom_fixed_point: fixed_point_fn must be callable T(params, *args).")
+        raise TypeError(f"{api}: fixed_point_fn must be callable T(params, *args).")
 
     def optimality_fn(x, *args, **kwargs):
         return tree.sub(x, fixed_point_fn(x, *args, **kwargs))
 
     functools.update_wrapper(optimality_fn, fixed_point_fn)
     optimality_fn.__wrapped__ = fixed_point_fn  # signature binding uses T's names
-    return _custom_root("custom_fixed_point", optimality_fn, argnums, has_aux, solve,
-                        on_failure)
+    return _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure, label, remedy)
 
 
 def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, label=None,
