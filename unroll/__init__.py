@@ -20,6 +20,7 @@ from unroll import (
     tree,
     unfolded,
 )
+from unroll._version import __version__
 from unroll.equilibrium import DEQ, DEQConfig, deq
 from unroll.fixed_point import FixedPointInfo, anderson, fixed_point_iteration
 from unroll.implicit import (
@@ -29,8 +30,6 @@ from unroll.implicit import (
     root_jvp,
     root_vjp,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEQ",
@@ -56,4 +55,5 @@ __all__ = [
     "root_vjp",
     "tree",
     "unfolded",
+    "__version__",
 ]
