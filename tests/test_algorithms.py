@@ -3,6 +3,13 @@
 import pytest
 import torch
 from dense_physics import MatrixPhysics  # shared test operator (tests/dense_physics.py)
+from helpers import (  # shared tables and closed forms (tests/helpers.py)
+    algorithm_names,
+    hqs_tikhonov_fixed_point,
+    matrix_problem,
+    tikhonov_params,
+    tikhonov_solution,
+)
 
 from unroll import algorithms
 from unroll.algorithms import run
@@ -12,16 +19,6 @@ from unroll.optim.prior import grad_adjoint, image_gradient
 DT = torch.float64
 
 
-def blur_problem(seed=0, batch=2, hw=(6, 6), m=30):
-    g = torch.Generator().manual_seed(seed)
-    n = hw[0] * hw[1]
-    mat = torch.randn(m, n, generator=g, dtype=DT) / n**0.5
-    physics = MatrixPhysics(mat, (1, *hw))
-    x = torch.rand(batch, 1, *hw, generator=g, dtype=DT)
-    y = physics.A(x) + 0.05 * torch.randn(batch, m, generator=g, dtype=DT)
-    return physics, y
-
-
 def identity_problem(seed=1, batch=2, hw=(5, 5)):
     g = torch.Generator().manual_seed(seed)
     n = hw[0] * hw[1]
@@ -29,34 +26,16 @@ def identity_problem(seed=1, batch=2, hw=(5, 5)):
     return physics, torch.randn(batch, n, generator=g, dtype=DT)
 
 
-def lipschitz(physics):
-    return torch.linalg.matrix_norm(physics.matrix, ord=2) ** 2
-
-
-def tikhonov_solution(physics, y, lam):
-    m = physics.matrix
-    h = m.T @ m + lam * torch.eye(m.shape[1], dtype=DT)
-    return torch.linalg.solve(h, (y @ m).T).T.reshape(y.shape[0], *physics.shape)
-
-
-CONVEX = ["gd", "pgd", "fista", "admm", "drs", "pdhg"]
-
-
-def make_params(name, physics, lam):
-    lip = float(lipschitz(physics))
-    if name in ("gd", "pgd", "fista"):
-        return {"stepsize": 1.0 / (lip + lam), "lambda_reg": lam}
-    if name == "pdhg":
-        return {"stepsize": 0.9 / lip**0.5, "stepsize_dual": 0.9 / lip**0.5, "lambda_reg": lam}
-    return {"stepsize": 1.0, "lambda_reg": lam}
+CONVEX = algorithm_names(minimises=True)  # all but HQS (which minimises a Moreau envelope)
+PROXIMAL = algorithm_names(prior_grad=False)  # all but GD (which needs the prior's gradient)
 
 
 @pytest.mark.parametrize("name", CONVEX)
 def test_tikhonov_deblurring_closed_form(name):
-    physics, y = blur_problem()
+    physics, y = matrix_problem()
     lam = 0.3
     alg = getattr(algorithms, name)(L2(), Tikhonov())
-    x, info = run(alg, y, physics, make_params(name, physics, lam), 3000, tol=1e-13)
+    x, info = run(alg, y, physics, tikhonov_params(name, physics, lam), 3000, tol=1e-13)
     ref = tikhonov_solution(physics, y, lam)
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-8)
     assert bool(info.converged.all())
@@ -64,19 +43,15 @@ def test_tikhonov_deblurring_closed_form(name):
 
 def test_hqs_fixed_point_closed_form():
     # HQS minimises env_{γf} + λg; its fixed point x = M(Aᵀy + x/γ)/(1+λγ), M = (AᵀA + I/γ)⁻¹
-    physics, y = blur_problem()
+    physics, y = matrix_problem()
     lam, gamma = 0.3, 0.7
     alg = algorithms.hqs(L2(), Tikhonov())
     x, _ = run(alg, y, physics, {"stepsize": gamma, "lambda_reg": lam}, 2000, tol=1e-14)
-    m = physics.matrix
-    n = m.shape[1]
-    big_m = torch.linalg.inv(m.T @ m + torch.eye(n, dtype=DT) / gamma)
-    lhs = torch.eye(n, dtype=DT) - big_m / (gamma * (1 + lam * gamma))
-    ref = torch.linalg.solve(lhs, (big_m @ (y @ m).T) / (1 + lam * gamma)).T
+    ref = hqs_tikhonov_fixed_point(physics, y, lam, gamma)
     torch.testing.assert_close(x.reshape(2, -1), ref, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["pgd", "fista", "admm", "drs", "pdhg", "hqs"])
+@pytest.mark.parametrize("name", PROXIMAL)
 def test_l1_denoising_soft_thresholding(name):
     physics, y = identity_problem()
     lam, gamma = 0.4, 0.5
@@ -106,7 +81,7 @@ def test_l1_data_fidelity_closed_form(name):
 
 def test_l1_prox_general_operator_optimality():
     # x = prox_{γ‖A·−y‖₁}(z) ⇔ (z − x)/γ ∈ Aᵀ ∂‖·‖₁(Ax − y): check through a dense KKT residual
-    physics, y = blur_problem(seed=5, batch=1, m=12)
+    physics, y = matrix_problem(seed=5, batch=1, m=12)
     z = torch.randn(1, *physics.shape, dtype=DT)
     gamma = 0.3
     x = L1(max_iter=20000).prox(z, y, physics, gamma)
@@ -145,7 +120,7 @@ def tv_reference(physics, y, lam, iters=3000):
 
 @pytest.fixture(scope="module")
 def tv_case():
-    physics, y = blur_problem(seed=7, hw=(4, 4), m=12)
+    physics, y = matrix_problem(seed=7, hw=(4, 4), m=12)
     lam = 0.1
     return physics, y, lam, tv_reference(physics, y, lam)
 
@@ -154,7 +129,7 @@ def tv_case():
 def test_tv_deblurring_against_reference(name, tv_case):
     physics, y, lam, ref = tv_case
     alg = getattr(algorithms, name)(L2(), TVPrior(n_it_max=300))
-    params = make_params(name, physics, 0.0)
+    params = tikhonov_params(name, physics, 0.0)
     params["lambda_reg"] = lam
     x, _ = run(alg, y, physics, params, 400, tol=1e-10)
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
@@ -169,10 +144,10 @@ def test_tv_prox_denoising_against_reference():
 
 
 def test_early_stopping_per_sample_and_traces():
-    physics, y = blur_problem(batch=3)
+    physics, y = matrix_problem(batch=3)
     lam = 0.3
     alg = algorithms.pgd(L2(), Tikhonov())
-    params = make_params("pgd", physics, lam)
+    params = tikhonov_params("pgd", physics, lam)
 
     def cost(x, y, physics, p):
         return L2().value(x, y, physics) + p["lambda_reg"] * Tikhonov().value(x)
@@ -190,7 +165,7 @@ def test_early_stopping_per_sample_and_traces():
 
 
 def test_per_iteration_parameters_match_manual_loop():
-    physics, y = blur_problem()
+    physics, y = matrix_problem()
     steps = torch.tensor([0.1, 0.5, 0.2, 0.9], dtype=DT)
     alg = algorithms.pgd(L2(), Tikhonov())
     x, _ = run(alg, y, physics, {"stepsize": steps, "lambda_reg": 0.3}, 4,
@@ -202,9 +177,9 @@ def test_per_iteration_parameters_match_manual_loop():
 
 
 def test_run_under_vmap_matches_loop():
-    physics, y = blur_problem(batch=3)
+    physics, y = matrix_problem(batch=3)
     alg = algorithms.fista(L2(), Tikhonov())
-    params = make_params("fista", physics, 0.3)
+    params = tikhonov_params("fista", physics, 0.3)
 
     def single(yi):
         return run(alg, yi[None], physics, params, 300, tol=1e-8)[0][0]
@@ -215,7 +190,7 @@ def test_run_under_vmap_matches_loop():
 
 
 def test_validation_messages():
-    physics, y = blur_problem()
+    physics, y = matrix_problem()
     alg = algorithms.pgd(L2(), Tikhonov())
     with pytest.raises(ValueError, match="^unroll.algorithms: parameter 'stepsize'"):
         run(alg, y, physics, {"lambda_reg": 1.0}, 3)

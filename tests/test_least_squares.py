@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import central_fd  # the one finite-difference helper (tests/helpers.py)
 
 from unroll import tree
 from unroll.linear_solve import ConvergenceWarning
@@ -124,12 +125,11 @@ def test_finite_difference_spot_check():
     _, grads = _grads(True, *inputs)
     direction = [torch.randn_like(t) for t in inputs]
 
-    def f(eps):
-        kk, yy, zz, gg = [t + eps * d for t, d in zip(inputs, direction)]
+    def f(perturbed):
+        kk, yy, zz, gg = perturbed
         return _loss(Blur(kk, **TIGHT).prox_l2(zz, yy, gg))
 
-    eps = 1e-5
-    fd = (f(eps) - f(-eps)) / (2 * eps)
+    fd = central_fd(f, inputs, direction, eps=1e-5)
     analytic = sum((g * d).sum() for g, d in zip(grads, direction))
     assert abs(float(fd - analytic)) <= 1e-7 * max(1.0, abs(float(fd)))
 

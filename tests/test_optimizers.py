@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import central_fd  # the one finite-difference helper (tests/helpers.py)
 from torch.func import grad, hessian, vmap
 
 from unroll import optimizers, tree
@@ -218,17 +219,6 @@ def _logistic_data(seed):
     return theta, x, y, xv, yv
 
 
-def _central_fd(f, x, h=1e-6):
-    out = torch.zeros_like(x)
-    flat = out.reshape(-1)
-    for i in range(x.numel()):
-        e = torch.zeros_like(x).reshape(-1)
-        e[i] = h
-        e = e.reshape(x.shape)
-        flat[i] = (f(x + e) - f(x - e)) / (2 * h)
-    return out
-
-
 @pytest.mark.parametrize(
     "factory",
     [
@@ -243,8 +233,8 @@ def test_maml_meta_gradient_finite_differences(factory):
     lr = torch.tensor(0.2, dtype=DT)
     meta_loss = _logistic_meta_loss(factory, K=6)
     got_theta, got_lr = grad(meta_loss, argnums=(0, 1))(theta, lr, x, y, xv, yv)
-    fd_theta = _central_fd(lambda t: meta_loss(t, lr, x, y, xv, yv), theta)
-    fd_lr = _central_fd(lambda s: meta_loss(theta, s, x, y, xv, yv), lr)
+    fd_theta = central_fd(lambda t: meta_loss(t, lr, x, y, xv, yv), theta, eps=1e-6)
+    fd_lr = central_fd(lambda s: meta_loss(theta, s, x, y, xv, yv), lr, eps=1e-6)
     torch.testing.assert_close(got_theta, fd_theta, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(got_lr, fd_lr, rtol=1e-6, atol=1e-9)
 

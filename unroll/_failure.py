@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import warnings
+from types import FrameType
 from typing import Any, NamedTuple
 
 import torch
@@ -133,23 +134,22 @@ def report(api: str, reason: str, detail: str, remedy: str, on_failure: str) -> 
 
 
 _LIB_DIRS = tuple(
-    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    os.path.dirname(os.path.abspath(str(m.__file__))) + os.sep
     for m in (sys.modules[__name__.rsplit(".", 1)[0]], torch)
 )
 _STATE: dict[str, Any] = {"filters": None, "snapshot": (), "seen": {}}
 
 
-def _user_frame():
+def _user_frame() -> FrameType:
     """The innermost frame outside unroll and torch (the user's line), else the caller's."""
-    frame = sys._getframe(1)
-    first = None
+    caller = sys._getframe(1)
+    frame: FrameType | None = caller
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith(_LIB_DIRS) and not name.startswith("<frozen"):
             return frame
-        first = first or frame
         frame = frame.f_back
-    return first
+    return caller
 
 
 def _action(message: str, category: type, module: str, lineno: int) -> str:
@@ -162,7 +162,7 @@ def _action(message: str, category: type, module: str, lineno: int) -> str:
             and (ln == 0 or lineno == ln)
         ):
             return action
-    return warnings.defaultaction
+    return getattr(warnings, "defaultaction", "default")
 
 
 def _seen() -> dict[tuple, int]:

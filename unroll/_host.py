@@ -11,7 +11,11 @@ a loop).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+_FUNCTORCH: Any = getattr(torch._C, "_functorch")  # noqa: B009 - private, untyped in stubs
 
 __all__ = [
     "in_vmap",
@@ -30,14 +34,14 @@ def in_vmap() -> bool:
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     return any(
-        i.key() == torch._C._functorch.TransformType.Vmap
+        i.key() == _FUNCTORCH.TransformType.Vmap
         for i in retrieve_all_functorch_interpreters()
     )
 
 
 def is_transformed(t: object) -> bool:
     """Whether ``t`` is a tensor wrapped by a ``torch.func`` transform (vmap, grad, jvp)."""
-    return isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return isinstance(t, torch.Tensor) and _FUNCTORCH.is_functorch_wrapped_tensor(t)
 
 
 def unwrap(t: torch.Tensor) -> torch.Tensor:
@@ -50,7 +54,7 @@ def unwrap_if_dead(t: object) -> object:
     """A tensor whose ``torch.func`` level has exited, unwrapped (a saved tensor reached from
     a nested implicit backward must not meet new levels); anything else unchanged."""
     if isinstance(t, torch.Tensor):
-        return torch._C._functorch.unwrap_if_dead(t)
+        return _FUNCTORCH.unwrap_if_dead(t)
     return t
 
 

@@ -275,23 +275,22 @@ class _Checks:
         its first value stops (``failed``; a relative residual can stay bounded while the
         iterates blow up); the last checked iterate that was neither is kept in ``good``."""
         r, size = r.detach(), size.detach()
-        if self.first is None:
-            self.first = size
-            self.failed = torch.zeros_like(r, dtype=torch.bool)
-        bad = ~(size <= DIVERGENCE_FACTOR * self.first) & ~(r <= thr)  # NaN-safe
+        first = size if self.first is None else self.first
+        failed = torch.zeros_like(r, dtype=torch.bool) if self.failed is None else self.failed
+        bad = ~(size <= DIVERGENCE_FACTOR * first) & ~(r <= thr)  # NaN-safe
         if self.done is not None:
             bad = bad & ~self.done
-        self.failed = self.failed | bad
-        converged = (r <= thr) & ~self.failed
-        self.done = converged if self.done is None else self.done | converged
-        ok = ~self.failed
+        failed = failed | bad
+        converged = (r <= thr) & ~failed
+        done = converged if self.done is None else self.done | converged
+        self.first, self.failed, self.done = first, failed, done
         self.good = list(fz) if self.good is None else [
-            torch.where(_expand(ok, f), f, g) for f, g in zip(fz, self.good)
+            torch.where(_expand(~failed, f), f, g) for f, g in zip(fz, self.good)
         ]
         self.trace.append(r)
         self.conv.append(converged)
         self.ks.append(k)
-        stopped = self.done | self.failed
+        stopped = done | failed
         worst = host_max((r / thr).masked_fill(stopped, 0))
         if worst is not None and worst <= 1:
             return True
@@ -302,7 +301,9 @@ class _Checks:
 
     def stopped(self) -> torch.Tensor | None:
         """Problems to freeze: converged, diverged or non-finite."""
-        return self.done if self.failed is None else self.done | self.failed
+        if self.done is None or self.failed is None:
+            return self.done
+        return self.done | self.failed
 
     def output(self, z: list[torch.Tensor]) -> list[torch.Tensor]:
         """The final iterate, with failed problems at their last good checked iterate."""
@@ -334,11 +335,14 @@ class _Checks:
         ks = ks.reshape(-1, *([1] * (trace.dim() - 1))).expand(trace.shape)
         index = first.unsqueeze(0)
         residual = torch.gather(trace, 0, index).squeeze(0)
-        code = torch.where(self.done, CONVERGED, MAX_ITER)
-        code = torch.where(self.failed & torch.isfinite(residual), DIVERGED, code)
-        code = torch.where(self.failed & ~torch.isfinite(residual), NON_FINITE, code)
-        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0), residual, self.done,
-                              trace, code)
+        none = torch.zeros_like(residual, dtype=torch.bool)
+        done = none if self.done is None else self.done
+        failed = none if self.failed is None else self.failed
+        code = torch.where(done, CONVERGED, MAX_ITER)
+        code = torch.where(failed & torch.isfinite(residual), DIVERGED, code)
+        code = torch.where(failed & ~torch.isfinite(residual), NON_FINITE, code)
+        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0), residual, done, trace,
+                              code)
 
 
 # =========================================================================== plain iteration
@@ -487,6 +491,33 @@ def _mixing_weights(
     return y.transpose(1, 2) / y.sum(dim=1, keepdim=True)
 
 
+class _History(NamedTuple):
+    """Anderson's ring buffers of ``f(xᵢ)`` and ``gᵢ = f(xᵢ) − xᵢ``, shape ``(B, m, n)``."""
+
+    fs: torch.Tensor
+    gs: torch.Tensor
+    ones: torch.Tensor
+    floor: torch.Tensor
+
+    @staticmethod
+    def start(fx: torch.Tensor, g: torch.Tensor, m: int) -> _History:
+        gs = g.unsqueeze(1).repeat(1, m, 1)
+        floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype,
+                           device=gs.device)
+        return _History(fx.unsqueeze(1).repeat(1, m, 1), gs, torch.ones_like(gs[:, :, :1]),
+                        floor)
+
+    def push(self, slot: int, fx: torch.Tensor, g: torch.Tensor) -> _History:
+        if torch.is_grad_enabled() and (fx.requires_grad or self.fs.requires_grad):
+            # differentiable (unrolled through the iterations): no in-place history
+            idx = torch.tensor([slot], device=fx.device)
+            return self._replace(fs=self.fs.index_copy(1, idx, fx.unsqueeze(1)),
+                                 gs=self.gs.index_copy(1, idx, g.unsqueeze(1)))
+        self.fs[:, slot] = fx
+        self.gs[:, slot] = g
+        return self
+
+
 def _anderson(
     fmap: Callable[[list[torch.Tensor]], list[torch.Tensor]],
     z: list[torch.Tensor],
@@ -500,7 +531,7 @@ def _anderson(
 ) -> tuple[list[torch.Tensor], FixedPointInfo]:
     flat = _Flat(z, batched)
     x = flat.to_mat(z)
-    fs = gs = None  # ring buffers of f(xᵢ) and gᵢ = f(xᵢ) − xᵢ, shape (B, m, n)
+    hist: _History | None = None
     checks = _Checks(maxiter, check_every)
     device = x.device.type
     exact = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
@@ -515,30 +546,21 @@ def _anderson(
             if checks.record(k, *stop(res, fz), fz, res) or k == maxiter:
                 break
             if checks.any_done:
-                frozen = checks.stopped().reshape(-1, 1)
-        slot = (k - 1) % history_size
-        if fs is None:
-            fs = fx.unsqueeze(1).repeat(1, history_size, 1)
-            gs = g.unsqueeze(1).repeat(1, history_size, 1)
-            ones = torch.ones_like(gs[:, :, :1])
-            floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype,
-                               device=gs.device)
-        elif torch.is_grad_enabled() and (fx.requires_grad or fs.requires_grad):
-            # differentiable (unrolled through the iterations): no in-place history
-            idx = torch.tensor([slot], device=fx.device)
-            fs = fs.index_copy(1, idx, fx.unsqueeze(1))
-            gs = gs.index_copy(1, idx, g.unsqueeze(1))
+                stopped = checks.stopped()
+                frozen = None if stopped is None else stopped.reshape(-1, 1)
+        if hist is None:
+            hist = _History.start(fx, g, history_size)
         else:
-            fs[:, slot] = fx
-            gs[:, slot] = g
+            hist = hist.push((k - 1) % history_size, fx, g)
         n = min(k, history_size)
         if n == 1:
             x_new = x + beta * g
         else:
+            fs, gs = hist.fs[:, :n], hist.gs[:, :n]
             with exact if exact is not None else nullcontext():
-                alpha = _mixing_weights(gs[:, :n], ones[:, :n], ridge, floor)
-                hist = fs[:, :n] if beta == 1 else fs[:, :n] - (1 - beta) * gs[:, :n]
-                x_new = (alpha.transpose(1, 2) * hist).sum(dim=1)
+                alpha = _mixing_weights(gs, hist.ones[:, :n], ridge, hist.floor)
+                mix = fs if beta == 1 else fs - (1 - beta) * gs
+                x_new = (alpha.transpose(1, 2) * mix).sum(dim=1)
         x = x_new if frozen is None else torch.where(frozen, x, x_new)
     return fmap.pack(checks.output(fz)), checks.info()
 

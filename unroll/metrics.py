@@ -41,6 +41,13 @@ def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).mean(1)
 
 
+__all__ = [
+    "mse",
+    "psnr",
+    "nmse",
+    "ssim",
+]
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error ``mean |x_i − y_i|²``, shape ``(B,)``."""
     _check_pair("unroll.metrics.mse", x, y)

@@ -29,6 +29,43 @@ import torch
 
 from unroll._typing import PyTree
 
+__all__ = [
+    "NAMESPACE",
+    "leaves",
+    "flatten",
+    "unflatten",
+    "structure",
+    "map",
+    "register",
+    "add",
+    "sub",
+    "scale",
+    "add_scaled",
+    "neg",
+    "mul",
+    "div",
+    "conj",
+    "real",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "detach",
+    "where",
+    "astype",
+    "vdot",
+    "sum_squares",
+    "norm",
+    "max_abs",
+    "allclose",
+    "size",
+    "batch_vdot",
+    "batch_sum_squares",
+    "batch_norm",
+    "batch_scale",
+    "batch_add_scaled",
+    "batch_where",
+]
+
 NAMESPACE = "unroll"
 """optree namespace in which unroll registers its own pytree classes (physics, states)."""
 

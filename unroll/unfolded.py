@@ -61,6 +61,12 @@ Tensor = torch.Tensor
 
 
 # --------------------------------------------------------------------------- pure core
+__all__ = [
+    "unfold",
+    "unfolded_builder",
+    "Unfolded",
+]
+
 def unfold(
     algorithm: Algorithm,
     max_iter: int,

@@ -274,10 +274,19 @@ def _root_jvp(optimality_fn, sol, args, tangents, solve, rep: _Report) -> PyTree
 
 
 def _jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
-    """``torch.func.jvp`` with tangents cast to their primal's dtype (forward AD can promote
-    0-dim float32 tangents to float64 through Python scalars)."""
-    out, tan = torch.func.jvp(fn, primals, tangents)
-    return tuple(t.to(o.dtype) for o, t in zip(out, tan))
+    """``J t`` for ``fn`` at ``primals``, by the double-VJP trick: ``u ↦ Jᵀu`` is linear, and
+    its VJP with cotangent ``t`` is ``J t``. Unlike ``torch.func.jvp`` this runs inside an
+    active ``torch.autograd.forward_ad`` level (a forward-mode rule may not nest forward AD).
+    Tangents are cast to their output's dtype (forward AD can promote 0-dim float32 tangents
+    to float64 through Python scalars)."""
+    out, vjp_fn = torch.func.vjp(fn, *primals)
+    tangents = tuple(t.to(p.dtype) for p, t in zip(primals, tangents))
+
+    def transpose(*u: torch.Tensor) -> tuple:
+        return tuple(vjp_fn(tuple(u)))
+
+    _, vjp_t = torch.func.vjp(transpose, *(torch.zeros_like(o) for o in out))
+    return tuple(t.to(o.dtype) for o, t in zip(out, vjp_t(tangents)))
 
 
 def _tangent_leaves(args: tuple, tangents: Sequence[PyTree], tensors: list[torch.Tensor]):

@@ -32,6 +32,7 @@ import math
 from typing import Any, NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from unroll import tree
 from unroll._failure import SolveInfo, check_on_failure, report_failure
@@ -357,12 +358,13 @@ def _fast_normal_op(physics: LinearOperator, gamma: torch.Tensor | None, others:
 
 
 def _differentiable(physics: LinearOperator) -> bool:
-    """Whether the physics tensors may need gradients: one requires grad, or one is being
-    transformed by ``torch.func`` (inside ``vmap`` ``requires_grad`` reads False although an
-    outer ``backward`` may still need the gradient). Otherwise they are left out of the
+    """Whether the physics tensors may need gradients: one requires grad, carries a
+    forward-mode tangent (``torch.autograd.forward_ad``), or is being transformed by
+    ``torch.func`` (inside ``vmap`` ``requires_grad`` reads False although an outer
+    ``backward`` may still need the gradient). Otherwise they are left out of the
     implicit rule (nothing of them is saved or differentiated)."""
     return any(
-        t.requires_grad or is_transformed(t)
+        t.requires_grad or is_transformed(t) or fwAD.unpack_dual(t).tangent is not None
         for t in tree.leaves(physics)
         if isinstance(t, torch.Tensor)
     )
