@@ -50,7 +50,7 @@ def unwrap(t: torch.Tensor) -> torch.Tensor:
     return torch.func.debug_unwrap(t.detach())
 
 
-def unwrap_if_dead(t: object) -> object:
+def unwrap_if_dead(t: Any) -> Any:
     """A tensor whose ``torch.func`` level has exited, unwrapped (a saved tensor reached from
     a nested implicit backward must not meet new levels); anything else unchanged."""
     if isinstance(t, torch.Tensor):

@@ -954,11 +954,11 @@ def _materialise(
     dtype = bl[0].dtype
     for t in bl:
         dtype = torch.promote_types(dtype, t.dtype)
-    bsz = bl[0].shape[0] if batched else None
+    bsz = int(bl[0].shape[0]) if batched else 0
 
     def split(flat: torch.Tensor) -> list[torch.Tensor]:
         parts = torch.split(flat, sizes, dim=-1)
-        lead = (bsz,) if batched else ()
+        lead: tuple[int, ...] = (bsz,) if batched else ()
         return [p.reshape(lead + tuple(s)).to(t.dtype) for p, s, t in zip(parts, shapes, bl)]
 
     def concat(leaves: list[torch.Tensor]) -> torch.Tensor:

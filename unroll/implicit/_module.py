@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -228,9 +228,9 @@ class ImplicitModule(nn.Module):
     def named_inner_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` for every inner parameter (names as in ``state_dict``)."""
         for name in self._inner_tensors:
-            yield name, self._buffers[name]
+            yield name, self.get_buffer(name)
         for prefix in self._inner_modules:
-            yield from self._modules[prefix].named_parameters(prefix=prefix)
+            yield from self.get_submodule(prefix).named_parameters(prefix=prefix)
 
     def inner_parameters(self) -> Iterator[torch.Tensor]:
         """The inner parameters (see :meth:`named_inner_parameters`)."""
@@ -380,7 +380,7 @@ def _make_optimality(
 def _attach_implicit_grad(
     optimality: Callable[..., dict],
     sol: dict[str, torch.Tensor],
-    meta: dict[str, torch.Tensor],
+    meta: Mapping[str, torch.Tensor],
     tensors: tuple,
     diff_inputs: bool,
     linear_solve: Callable[..., Any] | None,
@@ -438,16 +438,16 @@ def _split_tensors(inputs: Any) -> tuple[list[torch.Tensor], Callable[[tuple], A
     return [leaves[i] for i in slots], rebuild
 
 
-def _any_requires_grad(tensors: dict[str, torch.Tensor]) -> bool:
+def _any_requires_grad(tensors: Mapping[str, torch.Tensor]) -> bool:
     return any(t.requires_grad for t in tensors.values())
 
 
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     """Write ``value`` into the parameter or buffer slot ``name`` (dotted path) of ``module``."""
     *path, leaf = name.split(".")
-    for part in path:
-        module = module._modules[part]
-    slots = module._buffers if leaf in module._buffers else module._parameters
+    owner = module.get_submodule(".".join(path)) if path else module
+    # a plain tensor in a parameter slot: the functional solution replaces the parameter
+    slots: dict[str, Any] = owner._buffers if leaf in owner._buffers else owner._parameters
     slots[leaf] = value
 
 
@@ -458,7 +458,7 @@ def _skeleton(module: ImplicitModule, sol: dict[str, torch.Tensor]) -> ImplicitM
     containers are new, so nothing in the copy points to the solved (graph-carrying) inner
     parameters of the original and no reference cycle goes through the autograd graph.
     """
-    copy = _copy_tree(module, {})
+    copy = cast(ImplicitModule, _copy_tree(module, {}))
     for name, t in sol.items():
         _set_tensor(copy, name, t)
     return copy

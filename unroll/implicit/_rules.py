@@ -186,7 +186,7 @@ def _root_vjp(optimality_fn, sol, args, cotangent, solve, rep: _Report) -> tuple
     def f_sol(*sl):
         return tree.leaves(optimality_fn(tree.unflatten(sol_spec, list(sl)), *rebuild(tensors)))
 
-    out, vjp_sol = torch.func.vjp(f_sol, *sol_leaves)
+    out, vjp_sol = _vjp(f_sol, *sol_leaves)
     if len(out) != len(sol_leaves):
         _check_structure("root_vjp", tree.unflatten(tree.structure(out), out), sol)
 
@@ -199,7 +199,7 @@ def _root_vjp(optimality_fn, sol, args, cotangent, solve, rep: _Report) -> tuple
         u = _call_solve(solve, matvec, tree.neg(cotangent), rep)
     if not tensors:
         return scatter([])
-    _, vjp_args = torch.func.vjp(
+    _, vjp_args = _vjp(
         lambda *t: tree.leaves(optimality_fn(sol, *rebuild(t))), *tensors
     )
     return scatter(vjp_args(tree.leaves(u)))
@@ -273,19 +273,25 @@ def _root_jvp(optimality_fn, sol, args, tangents, solve, rep: _Report) -> PyTree
     return _call_solve(solve, matvec, b, rep)
 
 
+def _vjp(fn: Callable, *primals: Any) -> tuple[Any, Callable[..., Any]]:
+    """``torch.func.vjp(fn, *primals)`` (no aux): the output and the VJP function."""
+    out, vjp_fn = torch.func.vjp(fn, *primals)[:2]
+    return out, vjp_fn
+
+
 def _jvp(fn: Callable, primals: tuple, tangents: tuple) -> tuple:
     """``J t`` for ``fn`` at ``primals``, by the double-VJP trick: ``u ↦ Jᵀu`` is linear, and
     its VJP with cotangent ``t`` is ``J t``. Unlike ``torch.func.jvp`` this runs inside an
     active ``torch.autograd.forward_ad`` level (a forward-mode rule may not nest forward AD).
     Tangents are cast to their output's dtype (forward AD can promote 0-dim float32 tangents
     to float64 through Python scalars)."""
-    out, vjp_fn = torch.func.vjp(fn, *primals)
+    out, vjp_fn = _vjp(fn, *primals)
     tangents = tuple(t.to(p.dtype) for p, t in zip(primals, tangents))
 
     def transpose(*u: torch.Tensor) -> tuple:
         return tuple(vjp_fn(tuple(u)))
 
-    _, vjp_t = torch.func.vjp(transpose, *(torch.zeros_like(o) for o in out))
+    _, vjp_t = _vjp(transpose, *(torch.zeros_like(o) for o in out))
     return tuple(t.to(o.dtype) for o, t in zip(out, vjp_t(tangents)))
 
 

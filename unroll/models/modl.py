@@ -82,6 +82,7 @@ class MoDL(nn.Module):
         x = physics.A_adjoint(y)
         for k, denoiser in enumerate(self.denoisers):
             x_c, layout = to_channels(x)
-            z = from_channels(denoiser(x_c, self.sigma_denoiser[k]), layout)
+            sigma: torch.Tensor = self.get_buffer("sigma_denoiser")
+            z = from_channels(denoiser(x_c, sigma[k]), layout)
             x = physics.prox_l2(z, y, self.stepsize[k])
         return x

@@ -228,7 +228,8 @@ class PDNet(nn.Module):
         c, cy = self.in_channels, self.meas_channels
         _check_channels("measurement", y_c.shape[1], cy, "meas_channels")
         u = torch.zeros_like(y_c).repeat(1, self.n_dual, 1, 1)
-        x, x_layout = None, None
+        x: torch.Tensor | None = None
+        x_layout = y_layout
         for primal, dual in zip(self.primal_blocks, self.dual_blocks):
             if x is None:  # x^0 = 0 and A is linear, so A x^0 = 0 (no operator call)
                 ax = torch.zeros_like(y_c)
@@ -240,6 +241,7 @@ class PDNet(nn.Module):
                 _check_channels("image", atu.shape[1], c, "in_channels")
                 x = atu.new_zeros(atu.shape[0], self.n_primal * c, *atu.shape[-2:])
             x = primal(x, atu)
+        assert x is not None  # num_iter >= 1 blocks (validated at construction)
         return from_channels(x[:, :c], x_layout)
 
 

@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,7 +108,8 @@ class _DenoiserPrior(Prior):
         use_weights = bool(weights) and isinstance(self.denoiser, nn.Module)
         try:
             if use_weights:
-                return torch.func.functional_call(self.denoiser, weights, (x, sigma))
+                net = cast(nn.Module, self.denoiser)
+                return torch.func.functional_call(net, cast(dict, weights), (x, sigma))
             return self.denoiser(x, sigma)
         except RuntimeError as err:
             wdtype = _weights_dtype(self.denoiser, weights if use_weights else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -149,7 +149,7 @@ def check_level(
         raise TypeError(
             f"{api}: {name} must be a real number or a tensor, got {type(value).__name__}."
         )
-    if not number_in_range(value, strict):
+    if not number_in_range(cast(float, value), strict):
         raise ValueError(f"{api}: {name} must be {_describe(strict)}, got {value!r}. {fix}")
 
 

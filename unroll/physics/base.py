@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import optree
 import torch
@@ -218,8 +218,8 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
-        return _least_squares(self, y, z, gamma, gamma_checked=True,
-                              **opts.least_squares_kwargs())
+        return cast(torch.Tensor, _least_squares(self, y, z, gamma, gamma_checked=True,
+                                                 **opts.least_squares_kwargs()))
 
     def A_dagger(
         self,
@@ -239,7 +239,8 @@ class LinearPhysics:
         opts = check_solve_options(
             api, max_iter, tol, implicit_backward_solver, on_failure, unknown
         )
-        return least_squares(self, y, None, None, **opts.least_squares_kwargs())
+        return cast(torch.Tensor, least_squares(self, y, None, None,
+                                                **opts.least_squares_kwargs()))
 
     # ------------------------------------------------------------------ precision / device
     def to(
@@ -320,7 +321,7 @@ def _make_unflatten(cls: type) -> Callable:
     n_leaves = len(cls.leaves)
 
     def unflatten(aux: tuple[Any, ...], children: tuple[Any, ...]) -> LinearPhysics:
-        obj = cls.__new__(cls)
+        obj = object.__new__(cls)
         for name, value in zip(cls.leaves, children):
             setattr(obj, name, value)
         for name, value in zip(names, aux):

@@ -345,14 +345,14 @@ def _fast_normal_op(physics: LinearOperator, gamma: torch.Tensor | None, others:
     if any(is_transformed(t) for t in (*tree.leaves(physics), gamma, *others)):
         return None
     phys = tree.detach(physics)
-    cache: dict[str, Any] = {}
+    cache: dict[str, Any] = {}  # the operator and 1/γ, built at the first call
 
     def normal(u: torch.Tensor) -> torch.Tensor:
         if "op" not in cache:
             cache["op"] = phys.normal_operator(u)
             cache["inv_g"] = None if gamma is None else 1 / expand_per_sample(gamma.detach(), u)
-        out = cache["op"](u)
-        return out if gamma is None else torch.addcmul(out, u, cache["inv_g"])
+        out, inv_g = cache["op"](u), cache["inv_g"]
+        return out if inv_g is None else torch.addcmul(out, u, inv_g)
 
     return normal
 
