@@ -51,7 +51,7 @@ from unroll._failure import (
     report,
 )
 from unroll._host import host_any as _host_any
-from unroll._host import host_max, host_values
+from unroll._host import host_max, host_values, unwrap
 from unroll._typing import PyTree
 
 __all__ = [
@@ -184,6 +184,11 @@ class _Map:
             return out_leaves
         return [o if o.dtype == d else o.to(d) for o, d in zip(out_leaves, self.dtypes)]
 
+    def bare(self) -> tuple[Callable[..., PyTree], tuple] | None:
+        """``(f, args)`` when, after the first (checked) call, ``f(z, *args)`` needs no
+        casting back (the fast path of the iteration), else None."""
+        return None if not self.checked or self.needs_cast else (self.f, self.args)
+
     def stepper(self) -> Callable[[PyTree], PyTree]:
         """``z ↦ f(z, *args)`` on pytrees; after the first (checked) call, a bare call unless
         the output dtypes must be cast back (e.g. under autocast)."""
@@ -251,8 +256,8 @@ class _Checks:
     checks every ``every`` iterations instead.
     """
 
-    def __init__(self, maxiter: int, every: int | None) -> None:
-        self.maxiter, self.every = maxiter, every
+    def __init__(self, maxiter: int, every: int | None, fixed: bool = False) -> None:
+        self.maxiter, self.every, self.fixed = maxiter, every, fixed
         self.next = every or 1
         self.last: tuple[int, float] | None = None
         self.done: torch.Tensor | None = None
@@ -276,26 +281,33 @@ class _Checks:
         iterates blow up); the last checked iterate that was neither is kept in ``good``."""
         r, size = r.detach(), size.detach()
         first = size if self.first is None else self.first
-        failed = torch.zeros_like(r, dtype=torch.bool) if self.failed is None else self.failed
-        bad = ~(size <= DIVERGENCE_FACTOR * first) & ~(r <= thr)  # NaN-safe
+        ok_now = r <= thr
+        bad = ~(size <= DIVERGENCE_FACTOR * first) & ~ok_now  # NaN-safe
         if self.done is not None:
             bad = bad & ~self.done
-        failed = failed | bad
-        converged = (r <= thr) & ~failed
+        failed = bad if self.failed is None else self.failed | bad
+        converged = ok_now & ~failed
         done = converged if self.done is None else self.done | converged
+        stopped = done | failed
         self.first, self.failed, self.done = first, failed, done
-        self.good = list(fz) if self.good is None else [
-            torch.where(_expand(~failed, f), f, g) for f, g in zip(fz, self.good)
-        ]
         self.trace.append(r)
         self.conv.append(converged)
         self.ks.append(k)
-        stopped = done | failed
-        worst = host_max((r / thr).masked_fill(stopped, 0))
-        if worst is not None and worst <= 1:
+        # one host read: the worst unfinished residual / tolerance, and whether any problem
+        # has failed or stopped (over the whole underlying batch inside vmap)
+        ratio = (r / thr).masked_fill(stopped, 0)
+        summary = torch.stack([ratio.amax(), failed.any().to(ratio.dtype),
+                               stopped.any().to(ratio.dtype)])
+        worst, any_failed, any_stopped = unwrap(summary).reshape(-1, 3).amax(0).tolist()
+        if any_failed:
+            self.good = list(fz) if self.good is None else [
+                torch.where(_expand(~failed, f), f, g) for f, g in zip(fz, self.good)
+            ]
+        else:
+            self.good = list(fz)
+        if worst <= 1:
             return True
-        if not self.any_done:
-            self.any_done = _host_any(stopped)
+        self.any_done = self.any_done or bool(any_stopped)
         self._plan(k, worst)
         return False
 
@@ -338,6 +350,8 @@ class _Checks:
         none = torch.zeros_like(residual, dtype=torch.bool)
         done = none if self.done is None else self.done
         failed = none if self.failed is None else self.failed
+        if self.fixed:  # tol = 0: a fixed number of steps was asked for, no tolerance to miss
+            done = ~failed
         code = torch.where(done, CONVERGED, MAX_ITER)
         code = torch.where(failed & torch.isfinite(residual), DIVERGED, code)
         code = torch.where(failed & ~torch.isfinite(residual), NON_FINITE, code)
@@ -347,17 +361,18 @@ class _Checks:
 
 # =========================================================================== plain iteration
 def _iterate(
-    fmap: _Map, maxiter: int, stop: _Stop, batched: bool, check_every: int | None
+    fmap: _Map, maxiter: int, stop: _Stop, batched: bool, check_every: int | None,
+    fixed: bool = False,
 ) -> tuple[PyTree, FixedPointInfo]:
-    checks = _Checks(maxiter, check_every)
-    frozen = None  # mask of problems that converged at an earlier check
+    checks = _Checks(maxiter, check_every, fixed)
+    frozen = None  # mask of problems that stopped at an earlier check
     z = fmap.pack(fmap.leaves0)
+    fz = fmap.pack(fmap(fmap.leaves(z)))  # the first call validates f's output
     step = fmap.stepper()
-    for k in range(1, maxiter + 1):
-        fz = step(z)
-        if k == 1:
-            step = fmap.stepper()  # the first call validated f's output
-        if checks.due(k):
+    bare = fmap.bare()  # (f, args) when f can be called as it is
+    k = 1
+    while True:  # here fz = f(z) is iteration k
+        if k >= checks.next or k == maxiter:
             zl, fl = fmap.leaves(z), fmap.leaves(fz)
             res = _norm([a - b for a, b in zip(fl, zl)], batched)
             finished = checks.record(k, *stop(res, fl), fl, res)
@@ -370,6 +385,16 @@ def _iterate(
             z = fmap.pack(_freeze(frozen, fmap.leaves(z), fmap.leaves(fz)))
         else:
             z = fz
+        if k == maxiter:
+            break
+        if frozen is None and bare is not None:  # a bare loop up to the next check
+            f, args = bare
+            until = min(checks.next, maxiter) - 1
+            while k < until:
+                z = f(z, *args)
+                k += 1
+        fz = step(z)
+        k += 1
     return fmap.pack(checks.output(fmap.leaves(z))), checks.info()
 
 
@@ -431,7 +456,8 @@ def fixed_point_iteration(
     _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
     check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
-    z, info = _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every)
+    z, info = _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every,
+                       tol == 0)
     report_fixed_point(name, info, tol, maxiter, on_failure)
     return z, info
 
@@ -528,11 +554,12 @@ def _anderson(
     history_size: int,
     beta: float,
     ridge: float,
+    fixed: bool = False,
 ) -> tuple[list[torch.Tensor], FixedPointInfo]:
     flat = _Flat(z, batched)
     x = flat.to_mat(z)
     hist: _History | None = None
-    checks = _Checks(maxiter, check_every)
+    checks = _Checks(maxiter, check_every, fixed)
     device = x.device.type
     exact = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
     frozen = None
@@ -628,7 +655,7 @@ def anderson(
     check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
     z, info = _anderson(fmap, list(fmap.leaves0), maxiter, _stop_rule(stop_mode, tol, batched),
-                        batched, check_every, history_size, beta, ridge)
+                        batched, check_every, history_size, beta, ridge, tol == 0)
     report_fixed_point(name, info, tol, maxiter, on_failure)
     return z, info
 

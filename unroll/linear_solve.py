@@ -1233,7 +1233,7 @@ def solve_fixed_point(
     opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
                     on_failure)
     fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
-    z, info = _iterate(fmap, maxiter, stop, batched, check_every)
+    z, info = _iterate(fmap, maxiter, stop, batched, check_every, opts.fixed)
     return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
 
 
@@ -1288,5 +1288,5 @@ def solve_anderson(
                     on_failure)
     fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
     z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, check_every,
-                        history_size, beta, anderson_ridge)
+                        history_size, beta, anderson_ridge, opts.fixed)
     return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
