@@ -232,7 +232,8 @@ def test_backward_non_convergence_warns_once():
     k, y, z = _problem()
     zz = z.clone().requires_grad_()
     physics = Blur(k, tol=1e-14, max_iter=2)
-    h = physics.prox_l2(zz, y, 5.0)
+    with pytest.warns(ConvergenceWarning, match=r"^least_squares \(forward\)"):
+        h = physics.prox_l2(zz, y, 5.0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         _loss(h).backward()
