@@ -115,8 +115,14 @@ def unroll_runner(anderson: bool, batched: bool):
     common = dict(rtol=TOL, maxiter=MAX_ITER, batched=batched)
     solve = functools.partial(solve_anderson if anderson else solve_fixed_point, **common)
     rec = Recorder(solve)
-    cfg = DEQConfig(anderson_acceleration_forward=anderson, max_iter=MAX_ITER, tol=TOL,
-                    stop_mode="rel", batched=batched, backward_solve=rec)
+    cfg = DEQConfig(
+        anderson_acceleration_forward=anderson,
+        max_iter=MAX_ITER,
+        tol=TOL,
+        stop_mode="rel",
+        batched=batched,
+        backward_solve=rec,
+    )
 
     def run(params, c):
         z, info = deq(f, torch.zeros_like(params[3]), *params, config=cfg, return_info=True)
@@ -129,9 +135,18 @@ def unroll_runner(anderson: bool, batched: bool):
 def torchdeq_runner(solver: str):
     if solver == "anderson_tuned":
         register_solver("anderson_tuned", functools.partial(anderson_solver, lam=1e-12))
-    model = torchdeq.get_deq(core="indexing", ift=True, f_solver=solver, b_solver=solver,
-                             f_max_iter=MAX_ITER, b_max_iter=MAX_ITER, f_tol=TOL, b_tol=TOL,
-                             f_stop_mode="rel", b_stop_mode="rel")
+    model = torchdeq.get_deq(
+        core="indexing",
+        ift=True,
+        f_solver=solver,
+        b_solver=solver,
+        f_max_iter=MAX_ITER,
+        b_max_iter=MAX_ITER,
+        f_tol=TOL,
+        b_tol=TOL,
+        f_stop_mode="rel",
+        b_stop_mode="rel",
+    )
     box = {}
 
     def writer(info):
@@ -139,8 +154,7 @@ def torchdeq_runner(solver: str):
 
     def run(params, c):
         w, u, b, x = params
-        z_out, info = model(lambda z: f(z, w, u, b, x), torch.zeros_like(x),
-                            backward_writer=writer)
+        z_out, info = model(lambda z: f(z, w, u, b, x), torch.zeros_like(x), backward_writer=writer)
         (z_out[-1] * c).sum().backward()
         return int(info["nstep"].max()), box.get("b")
 
@@ -175,8 +189,11 @@ def measure_problem(d: int, rho: float, repeat: int) -> dict:
             n_fwd, n_bwd = run(params, c32)
             elapsed = time.perf_counter() - t0
             if name not in table:
-                table[name] = {"fwd_iter": n_fwd, "bwd_iter": n_bwd,
-                               "grad_err": grad_error([p.grad for p in params], ref)}
+                table[name] = {
+                    "fwd_iter": n_fwd,
+                    "bwd_iter": n_bwd,
+                    "grad_err": grad_error([p.grad for p in params], ref),
+                }
                 times[name] = []
             else:
                 times[name].append(elapsed)
@@ -202,9 +219,11 @@ def measure_overhead(repeat: int, steps: int = 300, d: int = 64) -> dict:
     cases = {
         "bare loop": bare,
         "unroll fixed_point_iteration": lambda: fixed_point_iteration(
-            f, z0, w, u, b, x, tol=0.0, maxiter=steps),
+            f, z0, w, u, b, x, tol=0.0, maxiter=steps
+        ),
         "unroll fixed_point_iteration batched": lambda: fixed_point_iteration(
-            f, z0, w, u, b, x, tol=0.0, maxiter=steps, batched=True),
+            f, z0, w, u, b, x, tol=0.0, maxiter=steps, batched=True
+        ),
     }
     if torchdeq is not None:
         fp_iter = torchdeq.solver.get_solver("fixed_point_iter")
@@ -218,8 +237,9 @@ def measure_overhead(repeat: int, steps: int = 300, d: int = 64) -> dict:
                 if i:
                     times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {k: {"us_per_step": 1e6 * v / steps, "vs_bare": v / med["bare loop"]}
-            for k, v in med.items()}
+    return {
+        k: {"us_per_step": 1e6 * v / steps, "vs_bare": v / med["bare loop"]} for k, v in med.items()
+    }
 
 
 # =========================================================================== main
@@ -231,8 +251,13 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ConvergenceWarning)
     problems = [(64, 0.9)] if opts.quick else [(64, 0.9), (64, 0.99), (256, 0.9), (256, 0.99)]
-    result = {"torchdeq": _version("torchdeq"), "tol": TOL, "batch": BATCH,
-              "problems": {}, "overhead": measure_overhead(opts.repeat * 3)}
+    result = {
+        "torchdeq": _version("torchdeq"),
+        "tol": TOL,
+        "batch": BATCH,
+        "problems": {},
+        "overhead": measure_overhead(opts.repeat * 3),
+    }
     for d, rho in problems:
         result["problems"][f"d={d} rho={rho}"] = measure_problem(d, rho, opts.repeat)
     ratios = {}
@@ -252,8 +277,10 @@ def print_tables(result: dict) -> None:
         print(f"{'method':32s} {'fwd it':>7s} {'bwd it':>7s} {'fwd+bwd ms':>11s} {'grad err':>9s}")
         for name, row in table.items():
             bwd = "-" if row["bwd_iter"] is None else str(row["bwd_iter"])
-            print(f"{name:32s} {row['fwd_iter']:>7d} {bwd:>7s} {row['time_ms']:>11.2f} "
-                  f"{row['grad_err']:>9.1e}")
+            print(
+                f"{name:32s} {row['fwd_iter']:>7d} {bwd:>7s} {row['time_ms']:>11.2f} "
+                f"{row['grad_err']:>9.1e}"
+            )
     print(f"\n{'per-step cost, d=64, 300 steps':40s} {'us/step':>8s} {'vs bare':>8s}")
     for name, row in result["overhead"].items():
         print(f"{name:40s} {row['us_per_step']:>8.1f} {row['vs_bare']:>8.2f}")

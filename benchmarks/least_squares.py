@@ -90,10 +90,15 @@ def make_cases(args, dinv, tol: float) -> dict[str, Callable[[], tuple]]:
     B, C, N = args.batch, 3, args.size
     kernel = up.gaussian_blur(2.5)
     x = torch.rand(B, C, N, N)
-    ours = {imp: up.Blur(kernel, padding="valid", max_iter=args.max_iter, tol=tol,
-                         implicit_backward_solver=imp) for imp in (True, False)}
-    y = ours[True].A(x) + 0.01 * torch.randn(B, C, N - kernel.shape[-1] + 1,
-                                              N - kernel.shape[-1] + 1)
+    ours = {
+        imp: up.Blur(
+            kernel, padding="valid", max_iter=args.max_iter, tol=tol, implicit_backward_solver=imp
+        )
+        for imp in (True, False)
+    }
+    y = ours[True].A(x) + 0.01 * torch.randn(
+        B, C, N - kernel.shape[-1] + 1, N - kernel.shape[-1] + 1
+    )
     z0 = x + 0.1 * torch.randn_like(x)
     proj = torch.randn_like(x)
     cases: dict[str, Callable[[], tuple]] = {}
@@ -120,8 +125,13 @@ def make_cases(args, dinv, tol: float) -> dict[str, Callable[[], tuple]]:
         dk = dinv.physics.functional.blur.gaussian_blur(sigma=(2.5, 2.5))
         assert torch.allclose(dk, kernel, atol=1e-6), "kernels differ"
         for imp in (True, False):
-            phys = dinv.physics.Blur(filter=dk, padding="valid", max_iter=args.max_iter, tol=tol,
-                                     implicit_backward_solver=imp)
+            phys = dinv.physics.Blur(
+                filter=dk,
+                padding="valid",
+                max_iter=args.max_iter,
+                tol=tol,
+                implicit_backward_solver=imp,
+            )
             name = "deepinv_" + ("implicit" if imp else "explicit")
             cases[name] = runner(lambda z, g, p=phys: p.prox_l2(z, y, g))
     return cases
@@ -138,7 +148,9 @@ def measure(args, dinv, counter: IterCounter, tol: float) -> dict[str, dict[str,
             fwd_iters=solves[0] if solves else None,
             bwd_iters=sum(solves[1:]) if len(solves) > 1 else None,
             saved_bytes=saved_bytes(fwd),
-            h=h, gz=gz, gg=gg,
+            h=h,
+            gz=gz,
+            gg=gg,
         )
     for _ in range(args.repeats):  # interleaved repeats
         for name, (run, _) in cases.items():
@@ -175,9 +187,16 @@ def main() -> None:
 
     summary: dict[str, Any] = {
         "benchmark": "least_squares",
-        "problem": {"batch": [args.batch, 3, args.size, args.size], "kernel": "gaussian 2.5",
-                    "padding": "valid", "gamma": 1.0, "max_iter": args.max_iter,
-                    "dtype": "float32", "threads": args.threads, "repeats": args.repeats},
+        "problem": {
+            "batch": [args.batch, 3, args.size, args.size],
+            "kernel": "gaussian 2.5",
+            "padding": "valid",
+            "gamma": 1.0,
+            "max_iter": args.max_iter,
+            "dtype": "float32",
+            "threads": args.threads,
+            "repeats": args.repeats,
+        },
         "deepinv": None if dinv is None else dinv.__version__,
     }
     for label, res in (("tol_1e-8", default), ("tol_0", equal)):
@@ -189,20 +208,27 @@ def main() -> None:
     if dinv is not None:
         d, e = default, equal
         ratios["implicit_time_vs_deepinv_implicit"] = (
-            d["unroll_implicit"]["time_ms"] / d["deepinv_implicit"]["time_ms"])
+            d["unroll_implicit"]["time_ms"] / d["deepinv_implicit"]["time_ms"]
+        )
         ratios["explicit_time_vs_deepinv_explicit"] = (
-            d["unroll_explicit"]["time_ms"] / d["deepinv_explicit"]["time_ms"])
+            d["unroll_explicit"]["time_ms"] / d["deepinv_explicit"]["time_ms"]
+        )
         ratios["implicit_per_iteration_vs_deepinv_at_tol0"] = (
-            e["unroll_implicit"]["time_ms"] / e["deepinv_implicit"]["time_ms"])
+            e["unroll_implicit"]["time_ms"] / e["deepinv_implicit"]["time_ms"]
+        )
         ratios["implicit_saved_bytes_vs_deepinv_implicit"] = (
-            d["unroll_implicit"]["saved_bytes"] / d["deepinv_implicit"]["saved_bytes"])
+            d["unroll_implicit"]["saved_bytes"] / d["deepinv_implicit"]["saved_bytes"]
+        )
         ratios["h_rel_diff_vs_deepinv"] = rel(d["unroll_implicit"]["h"], d["deepinv_implicit"]["h"])
         ratios["grad_z_rel_diff_vs_deepinv"] = rel(
-            d["unroll_implicit"]["gz"], d["deepinv_implicit"]["gz"])
+            d["unroll_implicit"]["gz"], d["deepinv_implicit"]["gz"]
+        )
     ratios["implicit_vs_explicit_time"] = (
-        default["unroll_implicit"]["time_ms"] / default["unroll_explicit"]["time_ms"])
+        default["unroll_implicit"]["time_ms"] / default["unroll_explicit"]["time_ms"]
+    )
     ratios["grad_z_rel_diff_implicit_vs_explicit"] = rel(
-        default["unroll_implicit"]["gz"], default["unroll_explicit"]["gz"])
+        default["unroll_implicit"]["gz"], default["unroll_explicit"]["gz"]
+    )
     summary["ratios"] = ratios
     print(json.dumps(summary))
 
@@ -210,8 +236,10 @@ def main() -> None:
     print(f"{'case':<20}{'tol':>6}{'time ms':>10}{'saved KiB':>11}{'fwd it':>8}{'bwd it':>8}")
     for label, res in (("1e-8", default), ("0", equal)):
         for name, r in res.items():
-            print(f"{name:<20}{label:>6}{r['time_ms']:>10.2f}{r['saved_bytes'] / 1024:>11.1f}"
-                  f"{str(r['fwd_iters']):>8}{str(r['bwd_iters']):>8}")
+            print(
+                f"{name:<20}{label:>6}{r['time_ms']:>10.2f}{r['saved_bytes'] / 1024:>11.1f}"
+                f"{str(r['fwd_iters']):>8}{str(r['bwd_iters']):>8}"
+            )
     print()
     for k, v in ratios.items():
         print(f"{k:<48}{v:>10.3g}")

@@ -73,8 +73,12 @@ def per_iteration(repeat: int, iters: int = 200) -> dict:
     matvec, b = ridge_problem(1000, 200)
     t_bare = timeit(lambda: bare_cg(matvec, b, iters), repeat)
     t_ours = timeit(lambda: solve_cg(matvec, b, rtol=0.0, atol=0.0, maxiter=iters), repeat)
-    return {"bare_us_per_iter": 1e6 * t_bare / iters, "unroll_us_per_iter": 1e6 * t_ours / iters,
-            "ratio_unroll_over_bare": t_ours / t_bare, "target": "<= 1.10"}
+    return {
+        "bare_us_per_iter": 1e6 * t_bare / iters,
+        "unroll_us_per_iter": 1e6 * t_ours / iters,
+        "ratio_unroll_over_bare": t_ours / t_bare,
+        "target": "<= 1.10",
+    }
 
 
 def vs_torchopt(repeat: int, rtol: float = 1e-6) -> dict:
@@ -93,14 +97,16 @@ def vs_torchopt(repeat: int, rtol: float = 1e-6) -> dict:
     x_to = solver(matvec, b)
     t_to = timeit(lambda: solver(matvec, b), repeat)
     ref = torch.linalg.solve(torch.func.jacrev(matvec)(torch.zeros_like(b)), b)
-    out.update({
-        "torchopt_ms": 1e3 * t_to,
-        "ratio_unroll_over_torchopt": t_ours / t_to,
-        "ratio_matvec_floor_over_torchopt": t_mv / t_to,
-        "unroll_rel_err": float((x - ref).norm() / ref.norm()),
-        "torchopt_rel_err": float((x_to - ref).norm() / ref.norm()),
-        "target": "<= 0.5",
-    })
+    out.update(
+        {
+            "torchopt_ms": 1e3 * t_to,
+            "ratio_unroll_over_torchopt": t_ours / t_to,
+            "ratio_matvec_floor_over_torchopt": t_mv / t_to,
+            "unroll_rel_err": float((x - ref).norm() / ref.norm()),
+            "torchopt_rel_err": float((x_to - ref).norm() / ref.norm()),
+            "target": "<= 0.5",
+        }
+    )
     return out
 
 
@@ -117,9 +123,15 @@ def vmap_vs_loop(repeat: int, batch: int = 64, n: int = 16) -> dict:
     t_vmap = timeit(lambda: vm(mats, bs), repeat)
     t_loop = timeit(lambda: [one(mats[i], bs[i]) for i in range(batch)], repeat)
     err = float((vm(mats, bs) - torch.linalg.solve(mats, bs)).abs().max())
-    return {"batch": batch, "n": n, "vmap_ms": 1e3 * t_vmap, "loop_ms": 1e3 * t_loop,
-            "speedup_vmap_over_loop": t_loop / t_vmap, "vmap_max_abs_err": err,
-            "target": ">= 5"}
+    return {
+        "batch": batch,
+        "n": n,
+        "vmap_ms": 1e3 * t_vmap,
+        "loop_ms": 1e3 * t_loop,
+        "speedup_vmap_over_loop": t_loop / t_vmap,
+        "vmap_max_abs_err": err,
+        "target": ">= 5",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,10 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
     pi, vt, vl = result["per_iteration"], result["vs_torchopt"], result["vmap_vs_loop"]
     rows = [
         ("CG time/iter, unroll / bare loop", f"{pi['ratio_unroll_over_bare']:.3f}", "<= 1.10"),
-        ("CG solve, unroll / TorchOpt", f"{vt.get('ratio_unroll_over_torchopt', float('nan')):.3f}",
-         "<= 0.5"),
-        ("  (matvecs alone / TorchOpt: the floor)",
-         f"{vt.get('ratio_matvec_floor_over_torchopt', float('nan')):.3f}", ""),
+        (
+            "CG solve, unroll / TorchOpt",
+            f"{vt.get('ratio_unroll_over_torchopt', float('nan')):.3f}",
+            "<= 0.5",
+        ),
+        (
+            "  (matvecs alone / TorchOpt: the floor)",
+            f"{vt.get('ratio_matvec_floor_over_torchopt', float('nan')):.3f}",
+            "",
+        ),
         ("vmap(64 systems) speed-up over loop", f"{vl['speedup_vmap_over_loop']:.1f}x", ">= 5x"),
     ]
     print(f"\n{'figure':42s} {'measured':>10s} {'target':>8s}")

@@ -102,8 +102,10 @@ class Case:
         """Gradients in one library-independent order: stepsizes, g_params, network weights."""
         named = list(self.model.named_parameters())
         g = torch.autograd.grad(self.loss(), [p for _, p in named], allow_unused=True)
-        flat = {n: (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                for (n, p), gi in zip(named, g)}
+        flat = {
+            n: (gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+            for (n, p), gi in zip(named, g)
+        }
         groups = [
             [v for n, v in flat.items() if "stepsize" in n],
             [v for n, v in flat.items() if "g_param" in n or "sigma_denoiser" in n],
@@ -127,14 +129,24 @@ class FloorModel(torch.nn.Module):
 
 
 def ours(implicit: bool, cg_iter: int, tol: float, x, y) -> Case:
-    physics = up.Blur(up.gaussian_blur(2.5), padding="valid",
-                      noise_model=up.GaussianNoise(0.1), max_iter=cg_iter, tol=tol,
-                      implicit_backward_solver=implicit)
+    physics = up.Blur(
+        up.gaussian_blur(2.5),
+        padding="valid",
+        noise_model=up.GaussianNoise(0.1),
+        max_iter=cg_iter,
+        tol=tol,
+        implicit_backward_solver=implicit,
+    )
     torch.manual_seed(42)
     prior = PnP(denoiser=DnCNN(depth=7, pretrained=None))
-    model = unfolded_builder(iteration="HQS", params_algo=params_algo(),
-                             trainable_params=["g_param", "stepsize"], data_fidelity=L2(),
-                             max_iter=MAX_ITER, prior=prior)
+    model = unfolded_builder(
+        iteration="HQS",
+        params_algo=params_algo(),
+        trainable_params=["g_param", "stepsize"],
+        data_fidelity=L2(),
+        max_iter=MAX_ITER,
+        prior=prior,
+    )
     return Case(model, physics, x, y)
 
 
@@ -146,17 +158,26 @@ def floor(x, y) -> Case:
 
 def theirs(dinv, implicit: bool, cg_iter: int, tol: float, x, y) -> Case:
     physics = dinv.physics.Blur(
-        filter=dinv.physics.functional.blur.gaussian_blur(sigma=(2.5, 2.5)), padding="valid",
-        noise_model=dinv.physics.GaussianNoise(sigma=0.1), max_iter=cg_iter, tol=tol,
-        implicit_backward_solver=implicit)
+        filter=dinv.physics.functional.blur.gaussian_blur(sigma=(2.5, 2.5)),
+        padding="valid",
+        noise_model=dinv.physics.GaussianNoise(sigma=0.1),
+        max_iter=cg_iter,
+        tol=tol,
+        implicit_backward_solver=implicit,
+    )
     torch.manual_seed(42)
     denoiser = dinv.models.DnCNN(depth=7, pretrained=None)
     torch.manual_seed(42)
     denoiser.load_state_dict(DnCNN(depth=7, pretrained=None).state_dict())  # same weights
     prior = dinv.optim.prior.PnP(denoiser=denoiser)
     model = dinv.unfolded.unfolded_builder(
-        iteration="HQS", params_algo=params_algo(), trainable_params=["g_param", "stepsize"],
-        data_fidelity=dinv.optim.data_fidelity.L2(), max_iter=MAX_ITER, prior=prior)
+        iteration="HQS",
+        params_algo=params_algo(),
+        trainable_params=["g_param", "stepsize"],
+        data_fidelity=dinv.optim.data_fidelity.L2(),
+        max_iter=MAX_ITER,
+        prior=prior,
+    )
     return Case(model, physics, x, y)
 
 
@@ -199,8 +220,14 @@ def rss_case(name: str) -> None:
     for _ in range(2):
         case.step()
     peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_rss_mb": peak / 1024,
-                      "step_peak_above_setup_mb": (peak - base) / 1024 if reset else None}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": peak / 1024,
+                "step_peak_above_setup_mb": (peak - base) / 1024 if reset else None,
+            }
+        )
+    )
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -238,8 +265,7 @@ def main() -> None:
             continue
         ks = (25, 100, 400) if n.endswith("implicit") else (25, 100)
         sweep_saved[n] = {k: saved_bytes(build(n, dinv, k, 0.0).forward) for k in ks}
-    step25 = time_steps({n: build(n, dinv, 25, 0.0) for n in names if n != "floor"},
-                        args.repeats)
+    step25 = time_steps({n: build(n, dinv, 25, 0.0) for n in names if n != "floor"}, args.repeats)
     rss = {} if args.no_rss else {n: peak_rss_subprocess(n, args.threads) for n in names}
 
     ratios: dict[str, float] = {
@@ -249,25 +275,34 @@ def main() -> None:
         "unroll_implicit_saved_400_over_25": sweep_saved["unroll_implicit"][400]
         / sweep_saved["unroll_implicit"][25],
     }
-    agreement = {"unroll_implicit_vs_explicit_grad_rel": rel(grads["unroll_implicit"],
-                                                             grads["unroll_explicit"])}
+    agreement = {
+        "unroll_implicit_vs_explicit_grad_rel": rel(
+            grads["unroll_implicit"], grads["unroll_explicit"]
+        )
+    }
     if dinv is not None:
-        ratios.update({
-            "unroll_implicit_over_deepinv_implicit_time": step["unroll_implicit"]
-            / step["deepinv_implicit"],
-            "unroll_explicit_over_deepinv_explicit_time": step["unroll_explicit"]
-            / step["deepinv_explicit"],
-            "unroll_implicit_over_deepinv_implicit_saved": saved["unroll_implicit"]
-            / saved["deepinv_implicit"],
-            "deepinv_implicit_over_explicit_time_cg25": step25["deepinv_implicit"]
-            / step25["deepinv_explicit"],
-        })
-        agreement.update({
-            "deepinv_implicit_vs_explicit_grad_rel": rel(grads["deepinv_implicit"],
-                                                         grads["deepinv_explicit"]),
-            "unroll_vs_deepinv_explicit_grad_rel": rel(grads["unroll_explicit"],
-                                                       grads["deepinv_explicit"]),
-        })
+        ratios.update(
+            {
+                "unroll_implicit_over_deepinv_implicit_time": step["unroll_implicit"]
+                / step["deepinv_implicit"],
+                "unroll_explicit_over_deepinv_explicit_time": step["unroll_explicit"]
+                / step["deepinv_explicit"],
+                "unroll_implicit_over_deepinv_implicit_saved": saved["unroll_implicit"]
+                / saved["deepinv_implicit"],
+                "deepinv_implicit_over_explicit_time_cg25": step25["deepinv_implicit"]
+                / step25["deepinv_explicit"],
+            }
+        )
+        agreement.update(
+            {
+                "deepinv_implicit_vs_explicit_grad_rel": rel(
+                    grads["deepinv_implicit"], grads["deepinv_explicit"]
+                ),
+                "unroll_vs_deepinv_explicit_grad_rel": rel(
+                    grads["unroll_explicit"], grads["deepinv_explicit"]
+                ),
+            }
+        )
     summary = {
         "benchmark": "unfolded_training",
         "threads": args.threads,
@@ -283,15 +318,19 @@ def main() -> None:
     }
     print(json.dumps(summary))
     print()
-    print(f"{'case':<18}{'step s':>9}{'saved MB':>10}{'step s @CG25':>14}"
-          f"{'saved MB @CG 25/100/400 (tol=0)':>34}{'RSS peak MB':>13}")
+    print(
+        f"{'case':<18}{'step s':>9}{'saved MB':>10}{'step s @CG25':>14}"
+        f"{'saved MB @CG 25/100/400 (tol=0)':>34}{'RSS peak MB':>13}"
+    )
     for n in names:
         sw = sweep_saved.get(n, {})
         sweep = "/".join(f"{sw[k] / 1e6:.0f}" if k in sw else "-" for k in (25, 100, 400))
         r = rss.get(n) or {}
-        print(f"{n:<18}{step[n]:>9.3f}{saved[n] / 1e6:>10.1f}"
-              f"{step25.get(n, float('nan')):>14.3f}{sweep:>34}"
-              f"{r.get('step_peak_above_setup_mb', float('nan')):>13.0f}")
+        print(
+            f"{n:<18}{step[n]:>9.3f}{saved[n] / 1e6:>10.1f}"
+            f"{step25.get(n, float('nan')):>14.3f}{sweep:>34}"
+            f"{r.get('step_peak_above_setup_mb', float('nan')):>13.0f}"
+        )
     print()
     for k, v in {**ratios, **agreement}.items():
         print(f"{k:<48}{v:>10.3g}")

@@ -24,5 +24,6 @@ class MatrixPhysics:
         return torch.linalg.solve(h, rhs.T).T.reshape(z.shape)
 
 
-tree.register(MatrixPhysics, lambda p: ((p.matrix,), p.shape),
-              lambda aux, ch: MatrixPhysics(ch[0], aux))
+tree.register(
+    MatrixPhysics, lambda p: ((p.matrix,), p.shape), lambda aux, ch: MatrixPhysics(ch[0], aux)
+)

@@ -85,6 +85,7 @@ def test_l1_prox_general_operator_optimality():
     z = torch.randn(1, *physics.shape, dtype=DT)
     gamma = 0.3
     x = L1(max_iter=20000).prox(z, y, physics, gamma)
+
     # the objective at x is below the objective at random perturbations of x
     def obj(v):
         return (physics.A(v) - y).abs().sum() + ((v - z) ** 2).sum() / (2 * gamma)
@@ -168,8 +169,9 @@ def test_per_iteration_parameters_match_manual_loop():
     physics, y = matrix_problem()
     steps = torch.tensor([0.1, 0.5, 0.2, 0.9], dtype=DT)
     alg = algorithms.pgd(L2(), Tikhonov())
-    x, _ = run(alg, y, physics, {"stepsize": steps, "lambda_reg": 0.3}, 4,
-               per_iteration=("stepsize",))
+    x, _ = run(
+        alg, y, physics, {"stepsize": steps, "lambda_reg": 0.3}, 4, per_iteration=("stepsize",)
+    )
     ref = physics.A_adjoint(y)
     for s in steps:
         ref = (ref - s * L2().grad(ref, y, physics)) / (1 + 0.3 * s)

@@ -47,7 +47,11 @@ def site(tmp_path_factory) -> Path:
     env = dict(os.environ, UNROLL_DOCS_EXECUTE=f"{NOTEBOOK}.ipynb", NO_MKDOCS_2_WARNING="1")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(
@@ -78,7 +82,8 @@ def public_names(module_name: str) -> list[str]:
     if hasattr(module, "__all__"):
         return list(module.__all__)
     return [
-        name for name, value in vars(module).items()
+        name
+        for name, value in vars(module).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == module_name
     ]
 
@@ -166,8 +171,8 @@ def python_blocks(page: Path) -> list[str]:
     """The page's ```` ```python ```` blocks (other libraries' code is fenced ```` ```py ````
     and not run)."""
     return [
-        m.group(2) for m in re.finditer(r"^```python([^\n]*)\n(.*?)^```", page.read_text(),
-                                        flags=re.S | re.M)
+        m.group(2)
+        for m in re.finditer(r"^```python([^\n]*)\n(.*?)^```", page.read_text(), flags=re.S | re.M)
     ]
 
 
@@ -229,9 +234,16 @@ def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=executable,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--disable-quic"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+            ],
         )
         yield browser
         browser.close()
@@ -255,11 +267,15 @@ class _Tab:
 
         self.page.route("**/*", route)
         self.page.on("requestfailed", self._failed)
-        self.page.on("response", lambda r: r.status >= 400 and self.problems.append(
-            f"HTTP {r.status}: {r.url}"))
+        self.page.on(
+            "response",
+            lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"),
+        )
         self.page.on("pageerror", lambda e: self.problems.append(f"javascript error: {e}"))
-        self.page.on("console", lambda m: m.type == "error" and self.problems.append(
-            f"console error: {m.text}"))
+        self.page.on(
+            "console",
+            lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"),
+        )
 
     def _failed(self, request):
         if request.failure != "net::ERR_ABORTED":  # cancelled by the next navigation

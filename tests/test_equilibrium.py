@@ -21,10 +21,10 @@ DT = torch.float64
 TIGHT = dict(tol=1e-12, max_iter=5000, tol_backward=1e-12, max_iter_backward=5000)
 BACKWARDS = {
     "fixed_point": DEQConfig(**TIGHT),
-    "anderson": DEQConfig(**TIGHT, anderson_acceleration_forward=True,
-                          anderson_acceleration_backward=True),
+    "anderson": DEQConfig(
+        **TIGHT, anderson_acceleration_forward=True, anderson_acceleration_backward=True
+    ),
 }
-
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,8 +85,9 @@ def test_jacrev_through_deq():
     """Dense Jacobian dz*/dx against the implicit-function formula (I − J)⁻¹ ∂f/∂x."""
     w, u, b, x = tanh_layer(6, 0.9, batch=1)
     x = x[0]
-    jac = torch.func.jacrev(lambda x: deq(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x,
-                                          config=BACKWARDS["anderson"]))(x)
+    jac = torch.func.jacrev(
+        lambda x: deq(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x, config=BACKWARDS["anderson"])
+    )(x)
     z = plain_loop(tanh_f, torch.zeros(6, dtype=DT), w, u, b, x)
     s = 1 - tanh_f(z, w, u, b, x) ** 2
     ref = torch.linalg.solve(torch.eye(6, dtype=DT) - s[:, None] * w, s[:, None] * u)
@@ -102,15 +103,19 @@ def test_jacobian_free_is_one_step_gradient():
     z_star = plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x)
     ref = torch.func.grad(lambda w: tanh_f(z_star, w, u, b, x).sum())(w)
     torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
-    exact = torch.func.grad(lambda w: deq(tanh_f, torch.zeros_like(x), w, u, b, x,
-                                          config=BACKWARDS["fixed_point"]).sum())(w)
+    exact = torch.func.grad(
+        lambda w: deq(
+            tanh_f, torch.zeros_like(x), w, u, b, x, config=BACKWARDS["fixed_point"]
+        ).sum()
+    )(w)
     assert rel_err(g, exact) > 1e-2  # it is an approximation
 
 
 def test_custom_backward_solve():
     w, u, b, x = tanh_layer(8, 0.9, batch=3)
-    cfg = dataclasses.replace(BACKWARDS["fixed_point"],
-                              backward_solve=functools.partial(solve_gmres, rtol=1e-12))
+    cfg = dataclasses.replace(
+        BACKWARDS["fixed_point"], backward_solve=functools.partial(solve_gmres, rtol=1e-12)
+    )
     g = torch.func.grad(lambda x: deq(tanh_f, torch.zeros_like(x), w, u, b, x, config=cfg).sum())(x)
     ref = torch.func.grad(lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(x)
     assert rel_err(g, ref) <= 1e-9
@@ -158,9 +163,11 @@ def pair_step(s: State, params: dict, x: torch.Tensor) -> State:
 @pytest.mark.parametrize("backward", sorted(BACKWARDS))
 def test_pytree_state_gradients(backward):
     g = torch.Generator().manual_seed(3)
-    params = {"a": 0.3 * torch.randn(5, 5, generator=g, dtype=DT),
-              "c": 0.3 * torch.randn(5, 4, generator=g, dtype=DT),
-              "s": 0.3 * torch.randn(4, 5, generator=g, dtype=DT)}
+    params = {
+        "a": 0.3 * torch.randn(5, 5, generator=g, dtype=DT),
+        "c": 0.3 * torch.randn(5, 4, generator=g, dtype=DT),
+        "s": 0.3 * torch.randn(4, 5, generator=g, dtype=DT),
+    }
     x = torch.randn(3, 5, generator=g, dtype=DT)
     s0 = State(torch.zeros(3, 5, dtype=DT), torch.zeros(3, 4, dtype=DT))
 
@@ -175,7 +182,8 @@ def test_pytree_state_gradients(backward):
 
     g_imp = torch.func.grad(loss, argnums=(0, 1))(params, x, implicit)
     g_ref = torch.func.grad(loss, argnums=(0, 1))(
-        params, x, lambda p, x: plain_loop(pair_step, s0, p, x, n=500))
+        params, x, lambda p, x: plain_loop(pair_step, s0, p, x, n=500)
+    )
     for k in params:
         assert rel_err(g_imp[0][k], g_ref[0][k]) <= 1e-8
     assert rel_err(g_imp[1], g_ref[1]) <= 1e-8
@@ -185,9 +193,12 @@ def test_batched_per_sample_convergence():
     w, u, b, x = tanh_layer(16, 0.95, batch=6)
     x = x * torch.logspace(-2, 0.5, 6, dtype=DT)[:, None]
     for anderson in (False, True):
-        cfg = dataclasses.replace(BACKWARDS["fixed_point"], batched=True,
-                                  anderson_acceleration_forward=anderson,
-                                  anderson_acceleration_backward=anderson)
+        cfg = dataclasses.replace(
+            BACKWARDS["fixed_point"],
+            batched=True,
+            anderson_acceleration_forward=anderson,
+            anderson_acceleration_backward=anderson,
+        )
         x_ = x.clone().requires_grad_()
         z, info = deq(tanh_f, torch.zeros_like(x), w, u, b, x_, config=cfg, return_info=True)
         assert isinstance(info, FixedPointInfo)
@@ -195,7 +206,8 @@ def test_batched_per_sample_convergence():
         assert len(set(info.num_iter.tolist())) > 1
         z.square().sum().backward()
         ref = torch.func.grad(
-            lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).square().sum())(x)
+            lambda x: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).square().sum()
+        )(x)
         assert rel_err(x_.grad, ref) <= 1e-8
 
 
@@ -217,8 +229,9 @@ def test_non_contractive_map_warns_forward_and_backward():
     x = torch.randn(2, 8, generator=g, dtype=DT, requires_grad=True)
     f = lambda z, w, x: z @ w.T + x  # noqa: E731  (linear and expanding: diverges)
     with pytest.warns(ConvergenceWarning, match=r"deq \(forward\): diverged \(residual"):
-        z = deq(f, torch.zeros(2, 8, dtype=DT), w, x, config=DEQConfig(max_iter=30,
-                                                                     stop_mode="abs"))
+        z = deq(
+            f, torch.zeros(2, 8, dtype=DT), w, x, config=DEQConfig(max_iter=30, stop_mode="abs")
+        )
     with pytest.warns(ConvergenceWarning, match="residual"):
         z.sum().backward()
 
@@ -261,8 +274,11 @@ def test_deq_module_parameter_gradients():
 
 def test_deq_module_with_step_function_and_params():
     w, u, b, x = tanh_layer(8, 0.9, batch=3)
-    layer = DEQ(lambda z, p, x: tanh_f(z, p["w"], p["u"], p["b"], x),
-                params={"w": w, "u": u, "b": b}, config=BACKWARDS["anderson"])
+    layer = DEQ(
+        lambda z, p, x: tanh_f(z, p["w"], p["u"], p["b"], x),
+        params={"w": w, "u": u, "b": b},
+        config=BACKWARDS["anderson"],
+    )
     z, info = layer(torch.zeros_like(x), x, return_info=True)
     z.sum().backward()
     ref = torch.func.grad(lambda w: plain_loop(tanh_f, torch.zeros_like(x), w, u, b, x).sum())(w)
@@ -273,8 +289,11 @@ def test_deq_module_with_step_function_and_params():
 # =========================================================================== config / errors
 def test_config_defaults_follow_the_seeds():
     cfg = DEQConfig()
-    assert (cfg.jacobian_free, cfg.anderson_acceleration_forward,
-            cfg.anderson_acceleration_backward) == (False, False, False)
+    assert (
+        cfg.jacobian_free,
+        cfg.anderson_acceleration_forward,
+        cfg.anderson_acceleration_backward,
+    ) == (False, False, False)
     assert (cfg.history_size_forward, cfg.history_size_backward) == (5, 5)
     assert (cfg.beta_anderson_acc_forward, cfg.beta_anderson_acc_backward) == (1.0, 1.0)
     assert (cfg.eps_anderson_acc_forward, cfg.eps_anderson_acc_backward) == (1e-4, 1e-4)
@@ -310,15 +329,22 @@ def test_non_tensor_arguments_pass_through():
         assert mode == "affine"
         return scale * (w @ z) + 1.0
 
-    g = torch.func.grad(lambda w: deq(f, torch.zeros(2, dtype=DT), w, 0.5, "affine",
-                                      config=BACKWARDS["fixed_point"]).sum())(w)
+    g = torch.func.grad(
+        lambda w: deq(
+            f, torch.zeros(2, dtype=DT), w, 0.5, "affine", config=BACKWARDS["fixed_point"]
+        ).sum()
+    )(w)
     eye, ones = torch.eye(2, dtype=DT), torch.ones(2, dtype=DT)
     ref = torch.func.grad(lambda w: torch.linalg.solve(eye - 0.5 * w, ones).sum())(w)
     torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_no_args_returns_the_fixed_point():
-    z, info = deq(lambda z: 0.5 * torch.cos(z), torch.zeros(4, dtype=DT),
-                  config=DEQConfig(tol=1e-13, stop_mode="abs"), return_info=True)
+    z, info = deq(
+        lambda z: 0.5 * torch.cos(z),
+        torch.zeros(4, dtype=DT),
+        config=DEQConfig(tol=1e-13, stop_mode="abs"),
+        return_info=True,
+    )
     torch.testing.assert_close(z, 0.5 * torch.cos(z), rtol=0, atol=1e-12)
     assert not z.requires_grad and bool(info.converged)

@@ -63,9 +63,12 @@ def record(fn, action: str = "default", counts: dict | None = None):
 def test_unconverged_krylov_warns_raises_or_ignores(name):
     solve = KRYLOV[name]
     a, b = spd(30, 1e4), torch.ones(30, dtype=DT)
-    with pytest.warns(ConvergenceWarning, match=rf"^{name}: stopped at maxiter=4 with residual "
-                                               r"\d\.\d+e[+-]\d+ above the tolerance.*"
-                                               r"\[max_iter\]\. Raise maxiter"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=rf"^{name}: stopped at maxiter=4 with residual "
+        r"\d\.\d+e[+-]\d+ above the tolerance.*"
+        r"\[max_iter\]\. Raise maxiter",
+    ):
         x = solve(lambda v: a @ v, b, maxiter=4)
     assert bool(torch.isfinite(x).all())
     with pytest.raises(ConvergenceError, match=rf"^{name}: stopped at maxiter=4") as err:
@@ -76,8 +79,10 @@ def test_unconverged_krylov_warns_raises_or_ignores(name):
     torch.testing.assert_close(x2, x, rtol=0, atol=0)  # the policy does not change the result
     assert int(info.reason) == 1 and not bool(info.converged)
     # the reported residual is the true one (up to the recursive residual's drift)
-    res = torch.linalg.norm((a.T @ a if name == "solve_normal_cg" else a) @ x2
-                            - (a.T @ b if name == "solve_normal_cg" else b))
+    res = torch.linalg.norm(
+        (a.T @ a if name == "solve_normal_cg" else a) @ x2
+        - (a.T @ b if name == "solve_normal_cg" else b)
+    )
     torch.testing.assert_close(info.residual_norm, res, rtol=1e-6, atol=1e-10)
 
 
@@ -94,8 +99,9 @@ def test_default_krylov_cap_is_fixed():
     n = 5000
     d = torch.logspace(0, 8, n, dtype=DT)
     with pytest.warns(ConvergenceWarning, match=f"maxiter={ls.MAXITER_CAP} "):
-        _, info = ls.solve_cg(lambda v: d * v, torch.ones(n, dtype=DT), rtol=1e-14,
-                              return_info=True)
+        _, info = ls.solve_cg(
+            lambda v: d * v, torch.ones(n, dtype=DT), rtol=1e-14, return_info=True
+        )
     assert int(info.num_iter) == ls.MAXITER_CAP == 1000  # not 10·n = 50 000
 
 
@@ -127,9 +133,12 @@ def indefinite(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def test_cg_breakdown_returns_last_iterate_before_it():
     a, b = indefinite()
     ref = reference_cg(a, b, 30)
-    with pytest.warns(ConvergenceWarning, match=r"^solve_cg: pᵀAp ≤ 0: the operator is not "
-                                                r"symmetric positive definite.*\[breakdown\]"
-                                                r"\. The last iterate .*solve_gmres"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^solve_cg: pᵀAp ≤ 0: the operator is not "
+        r"symmetric positive definite.*\[breakdown\]"
+        r"\. The last iterate .*solve_gmres",
+    ):
         x, info = ls.solve_cg(lambda v: a @ v, b, maxiter=30, return_info=True)
     assert int(info.reason) == 2
     torch.testing.assert_close(x, ref, rtol=1e-12, atol=1e-12)
@@ -141,8 +150,14 @@ def test_cg_breakdown_batched_freezes_only_that_system():
     mats = torch.stack([good, a])
     rhs = torch.stack([b, b])
     with pytest.warns(ConvergenceWarning, match=r"\[breakdown\]") as rec:
-        x, info = ls.solve_cg(lambda v: torch.einsum("bij,bj->bi", mats, v), rhs, batched=True,
-                              rtol=1e-12, maxiter=30, return_info=True)
+        x, info = ls.solve_cg(
+            lambda v: torch.einsum("bij,bj->bi", mats, v),
+            rhs,
+            batched=True,
+            rtol=1e-12,
+            maxiter=30,
+            return_info=True,
+        )
     assert "in 1 of 2 systems" in str(rec[0].message)
     assert info.reason.tolist() == [0, 2]
     torch.testing.assert_close(x[0], torch.linalg.solve(good, b), rtol=1e-9, atol=1e-10)
@@ -166,10 +181,12 @@ class NanAfter:
 def test_nan_operator_returns_last_finite_iterate(name, batched):
     a = spd(10, 50.0)
     b = torch.ones(2, 10, dtype=DT) if batched else torch.ones(10, dtype=DT)
-    with pytest.warns(ConvergenceWarning, match=rf"^{name}: met NaN or Inf.*\[non_finite\]\. "
-                                               "The last finite iterate is returned"):
-        x, info = KRYLOV[name](NanAfter(a, 3), b, batched=batched, maxiter=50,
-                               return_info=True)
+    with pytest.warns(
+        ConvergenceWarning,
+        match=rf"^{name}: met NaN or Inf.*\[non_finite\]\. "
+        "The last finite iterate is returned",
+    ):
+        x, info = KRYLOV[name](NanAfter(a, 3), b, batched=batched, maxiter=50, return_info=True)
     assert bool(torch.isfinite(x).all()) and bool(torch.isfinite(info.residual_norm).all())
     assert set(info.reason.reshape(-1).tolist()) == {3}
     # the iterate returned is one the solver reached with finite matvecs: its residual is
@@ -183,8 +200,9 @@ def test_nan_in_b_names_b_and_upstream():
     with pytest.raises(ValueError, match=r"^solve_cg: b contains NaN or Inf.*upstream"):
         ls.solve_cg(lambda v: a @ v, torch.tensor([1.0, float("nan"), 0, 0], dtype=DT))
     with pytest.raises(ValueError, match=r"^solve_gmres: init contains NaN"):
-        ls.solve_gmres(lambda v: a @ v, torch.ones(4, dtype=DT),
-                       init=torch.full((4,), float("inf"), dtype=DT))
+        ls.solve_gmres(
+            lambda v: a @ v, torch.ones(4, dtype=DT), init=torch.full((4,), float("inf"), dtype=DT)
+        )
 
 
 # =========================================================================== dense
@@ -241,11 +259,17 @@ def test_check_every_must_be_positive(value):
 
 def test_mixed_dtypes_name_both_and_the_fix():
     a32 = spd(4, 2.0).float()
-    with pytest.raises(TypeError, match=r"^solve_cg: matvec failed on b of dtype torch.float64 "
-                                        r"with a dtype mismatch.*share a dtype"):
+    with pytest.raises(
+        TypeError,
+        match=r"^solve_cg: matvec failed on b of dtype torch.float64 "
+        r"with a dtype mismatch.*share a dtype",
+    ):
         ls.solve_cg(lambda v: a32 @ v, torch.ones(4, dtype=DT))
-    with pytest.raises(TypeError, match=r"^solve_gmres: matvec returned torch.float32 for b of "
-                                        r"dtype torch.float64.*b.to\(torch.float32\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"^solve_gmres: matvec returned torch.float32 for b of "
+        r"dtype torch.float64.*b.to\(torch.float32\)",
+    ):
         ls.solve_gmres(lambda v: v.float(), torch.ones(4, dtype=DT))
     with pytest.raises(TypeError, match=r"^solve_normal_cg: matvec failed on b of dtype"):
         ls.solve_normal_cg(lambda v: a32 @ v, torch.ones(4, dtype=DT))
@@ -269,8 +293,9 @@ def test_warns_once_per_cause_and_call_site_at_the_users_line():
     assert len(shown) == 1
     assert shown[0].filename == __file__  # the user's line, not the library's
     line = shown[0].lineno
-    assert "ls.solve_cg(lambda v: a @ v, b, maxiter=2)" in open(__file__).read().splitlines()[
-        line - 1]
+    assert (
+        "ls.solve_cg(lambda v: a @ v, b, maxiter=2)" in open(__file__).read().splitlines()[line - 1]
+    )
     assert list(suppressed.values()) == [9]
     assert list(suppressed) == [("solve_cg", "max_iter", __file__, line)]
     # another call site, or another cause, warns again; "always" shows every repeat
@@ -288,8 +313,14 @@ def test_training_loop_with_unconverged_prox_warns_once_per_cause():
     from unroll.models import DnCNN
 
     torch.manual_seed(0)
-    model = optim.HQS(unfold=True, prior=optim.PnP(DnCNN(1, 1, depth=2, nf=4)), stepsize=1.0,
-                      sigma_denoiser=0.05, max_iter=2, trainable_params=["stepsize"])
+    model = optim.HQS(
+        unfold=True,
+        prior=optim.PnP(DnCNN(1, 1, depth=2, nf=4)),
+        stepsize=1.0,
+        sigma_denoiser=0.05,
+        max_iter=2,
+        trainable_params=["stepsize"],
+    )
     blur = physics.Blur(physics.gaussian_blur(1.5), padding="valid", max_iter=2, tol=1e-10)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.rand(2, 1, 20, 20)
@@ -310,9 +341,12 @@ def test_training_loop_with_unconverged_prox_warns_once_per_cause():
 # =========================================================================== fixed points
 def test_diverging_fixed_point_stops_before_overflow():
     f = lambda z: 3.0 * z + 1.0  # noqa: E731 - residual grows 3x per step
-    with pytest.warns(ConvergenceWarning, match=r"^fixed_point_iteration: diverged \(residual "
-                                                r".*\[diverged\]\. The map may not be "
-                                                r"contractive"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^fixed_point_iteration: diverged \(residual "
+        r".*\[diverged\]\. The map may not be "
+        r"contractive",
+    ):
         z, info = fixed_point_iteration(f, torch.zeros(3, dtype=DT), maxiter=500)
     assert int(info.reason) == 4 and bool(torch.isfinite(z).all())
     assert float(z.abs().max()) < 1e6  # stopped within DIVERGENCE_FACTOR of the start
@@ -328,8 +362,9 @@ def test_fixed_point_nan_returns_last_finite_iterate_per_sample():
         return torch.cat([out[:1], bad])
 
     with pytest.warns(ConvergenceWarning, match=r"met NaN or Inf in 1 of 2 problems"):
-        z, info = fixed_point_iteration(f, torch.zeros(2, 1, dtype=DT), maxiter=200, tol=1e-10,
-                                        batched=True, check_every=1)
+        z, info = fixed_point_iteration(
+            f, torch.zeros(2, 1, dtype=DT), maxiter=200, tol=1e-10, batched=True, check_every=1
+        )
     assert info.reason.tolist() == [0, 3]
     torch.testing.assert_close(z[0], torch.tensor([2.0], dtype=DT), rtol=1e-9, atol=1e-9)
     assert float(z[1]) == 1.75  # z = 0, 1, 1.5, 1.75, then f(1.75) = NaN
@@ -339,8 +374,9 @@ def test_anderson_unconverged_and_ignore():
     f = lambda z: torch.cos(z)  # noqa: E731
     with pytest.warns(ConvergenceWarning, match=r"^anderson: stopped at max_iter=2"):
         anderson(f, torch.ones(3, dtype=DT), maxiter=2, tol=1e-12)
-    assert not record(lambda: anderson(f, torch.ones(3, dtype=DT), maxiter=2, tol=1e-12,
-                                       on_failure="ignore"))
+    assert not record(
+        lambda: anderson(f, torch.ones(3, dtype=DT), maxiter=2, tol=1e-12, on_failure="ignore")
+    )
     with pytest.raises(ValueError, match="^anderson: on_failure must be one of"):
         anderson(f, torch.ones(3, dtype=DT), on_failure=False)
 
@@ -349,13 +385,15 @@ def test_anderson_unconverged_and_ignore():
 def test_linear_fixed_point_solvers_follow_the_policy(solve):
     a = spd(6, 50.0) / 50.0  # I − A has radius < 1: Richardson converges, slowly
     name = solve.__name__
-    with pytest.warns(ConvergenceWarning, match=rf"^{name}: stopped at max_iter=3 .*"
-                                               r"\[max_iter\]"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=rf"^{name}: stopped at max_iter=3 .*"
+        r"\[max_iter\]",
+    ):
         x = solve(lambda v: a @ v, torch.ones(6, dtype=DT), maxiter=3, rtol=1e-12)
     assert bool(torch.isfinite(x).all())
     with pytest.raises(ConvergenceError, match=rf"^{name}: "):
-        solve(lambda v: a @ v, torch.ones(6, dtype=DT), maxiter=3, rtol=1e-12,
-              on_failure="raise")
+        solve(lambda v: a @ v, torch.ones(6, dtype=DT), maxiter=3, rtol=1e-12, on_failure="raise")
 
 
 # =========================================================================== DEQ
@@ -366,8 +404,14 @@ def test_nested_deq_with_diverging_backward_warns_and_returns_finite_gradients()
     from unroll.models import DnCNN
 
     torch.manual_seed(0)
-    model = optim.HQS(unfold=True, prior=optim.PnP(DnCNN(1, 1, depth=3, nf=4)), stepsize=1.0,
-                      sigma_denoiser=0.05, max_iter=3, DEQ=unroll.DEQConfig(max_iter=3))
+    model = optim.HQS(
+        unfold=True,
+        prior=optim.PnP(DnCNN(1, 1, depth=3, nf=4)),
+        stepsize=1.0,
+        sigma_denoiser=0.05,
+        max_iter=3,
+        DEQ=unroll.DEQConfig(max_iter=3),
+    )
     blur = physics.Blur(physics.gaussian_blur(1.0), padding="reflect", max_iter=20)
     x = torch.rand(2, 1, 16, 16)
     y = blur(x)
@@ -378,9 +422,14 @@ def test_nested_deq_with_diverging_backward_warns_and_returns_finite_gradients()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     # under on_failure="raise" the first failing solve raises, by its DEQ name
-    strict = optim.HQS(unfold=True, prior=optim.PnP(DnCNN(1, 1, depth=3, nf=4)), stepsize=1.0,
-                       sigma_denoiser=0.05, max_iter=3,
-                       DEQ=unroll.DEQConfig(max_iter=3, on_failure="raise"))
+    strict = optim.HQS(
+        unfold=True,
+        prior=optim.PnP(DnCNN(1, 1, depth=3, nf=4)),
+        stepsize=1.0,
+        sigma_denoiser=0.05,
+        max_iter=3,
+        DEQ=unroll.DEQConfig(max_iter=3, on_failure="raise"),
+    )
     with pytest.raises(ConvergenceError, match=r"^deq \(forward\): stopped at max_iter=3"):
         strict(y, blur)
 
@@ -389,16 +438,18 @@ def test_deq_backward_divergence_falls_back_to_a_finite_gradient():
     # f(z) = W z + x with ‖W‖ = 1.5 in its Jacobian: the adjoint iteration v ← Wᵀv + u diverges
     w = 1.5 * torch.eye(3, dtype=DT)
     x = torch.ones(3, dtype=DT, requires_grad=True)
-    cfg = unroll.DEQConfig(max_iter=5, tol=1e-30, max_iter_backward=200, tol_backward=1e-10,
-                           on_failure="ignore")
+    cfg = unroll.DEQConfig(
+        max_iter=5, tol=1e-30, max_iter_backward=200, tol_backward=1e-10, on_failure="ignore"
+    )
     z = unroll.deq(lambda z, w, x: w @ z + x, torch.zeros(3, dtype=DT), w, x, config=cfg)
     z.sum().backward()
     assert bool(torch.isfinite(x.grad).all())
     cfg_warn = dataclass_replace(cfg, on_failure="warn")
     x.grad = None
     with pytest.warns(ConvergenceWarning, match=r"^deq \(backward\): diverged.*\[diverged\]"):
-        unroll.deq(lambda z, w, x: w @ z + x, torch.zeros(3, dtype=DT), w, x,
-                   config=cfg_warn).sum().backward()
+        unroll.deq(
+            lambda z, w, x: w @ z + x, torch.zeros(3, dtype=DT), w, x, config=cfg_warn
+        ).sum().backward()
 
 
 def dataclass_replace(cfg, **changes):
@@ -412,8 +463,9 @@ def test_deq_config_rejects_bad_policy_and_values():
         unroll.DEQConfig(on_failure="never")
     with pytest.raises(ValueError, match="^DEQConfig: tol must be a finite float >= 0"):
         unroll.DEQConfig(tol=float("inf"))
-    with pytest.raises(ValueError, match="^DEQConfig: beta_anderson_acc_forward must be a "
-                                         "finite float > 0"):
+    with pytest.raises(
+        ValueError, match="^DEQConfig: beta_anderson_acc_forward must be a finite float > 0"
+    ):
         unroll.DEQConfig(beta_anderson_acc_forward=float("nan"))
 
 
@@ -436,11 +488,13 @@ def test_custom_root_backward_policy_from_the_decorator_or_the_solver():
     lam = torch.tensor(0.1, dtype=DT)
     short = functools.partial(ls.solve_cg, maxiter=1)
     strict = custom_root(ridge_grad, solve=short, on_failure="raise")(
-        lambda init, lam, X, y: ridge_closed(lam, X, y))
+        lambda init, lam, X, y: ridge_closed(lam, X, y)
+    )
     with pytest.raises(ConvergenceError, match=r"^custom_root backward: stopped after 1 "):
         torch.func.grad(lambda l: strict(None, l, X, y).sum())(lam)
     from_solver = custom_root(ridge_grad, solve=functools.partial(short, on_failure="raise"))(
-        lambda init, lam, X, y: ridge_closed(lam, X, y))
+        lambda init, lam, X, y: ridge_closed(lam, X, y)
+    )
     with pytest.raises(ConvergenceError, match=r"^custom_root backward"):
         torch.func.grad(lambda l: from_solver(None, l, X, y).sum())(lam)
     with pytest.raises(ValueError, match="^custom_root: on_failure must be one of"):
@@ -452,8 +506,11 @@ def test_nan_cotangent_is_reported_not_blamed_on_b():
     solver = custom_root(ridge_grad)(lambda init, lam, X, y: ridge_closed(lam, X, y))
     lam = torch.tensor(0.1, dtype=DT, requires_grad=True)
     w = solver(None, lam, X, y)
-    with pytest.warns(ConvergenceWarning, match=r"^custom_root backward: the incoming gradient "
-                                                r"already holds NaN or Inf.*\[non_finite\]"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^custom_root backward: the incoming gradient "
+        r"already holds NaN or Inf.*\[non_finite\]",
+    ):
         (w * float("nan")).sum().backward()
     assert bool(torch.isnan(lam.grad))  # NaN in, NaN out — said out loud, never a crash
 
@@ -462,48 +519,67 @@ def test_custom_root_user_errors():
     X, y = ridge_data()
     lam = torch.tensor(0.1, dtype=DT, requires_grad=True)
     wrong_sig = custom_root(lambda w, lam: w)(lambda init, lam, X, y: ridge_closed(lam, X, y))
-    with pytest.raises(TypeError, match=r"^custom_root: optimality_fn.*cannot take \(params, "
-                                        r"\*args\) with the solver's 3 argument"):
+    with pytest.raises(
+        TypeError,
+        match=r"^custom_root: optimality_fn.*cannot take \(params, "
+        r"\*args\) with the solver's 3 argument",
+    ):
         wrong_sig(None, lam, X, y)
     bad_shape = custom_root(ridge_grad)(lambda init, lam, X, y: torch.zeros(7, dtype=DT))
-    with pytest.raises(ValueError, match=r"^custom_root: the solver returned params with leaf "
-                                         r"shapes \[\(7,\)\] where init_params has \[\(6,\)\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"^custom_root: the solver returned params with leaf "
+        r"shapes \[\(7,\)\] where init_params has \[\(6,\)\]",
+    ):
         bad_shape(torch.zeros(6, dtype=DT), lam, X, y)
 
 
 def test_root_jvp_missing_tangent_key_and_root_vjp_policy():
     F = lambda x, p: p["a"] * x - p["b"]  # noqa: E731
     p = {"a": torch.tensor(2.0, dtype=DT), "b": torch.tensor(1.0, dtype=DT)}
-    with pytest.raises(ValueError, match=r"^root_jvp: tangents\[0\] does not have the structure "
-                                         r"of args\[0\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"^root_jvp: tangents\[0\] does not have the structure "
+        r"of args\[0\]",
+    ):
         root_jvp(F, torch.tensor(0.5, dtype=DT), (p,), ({"a": torch.tensor(1.0, dtype=DT)},))
-    out = root_jvp(F, torch.tensor(0.5, dtype=DT), (p,), ({"a": torch.tensor(1.0, dtype=DT),
-                                                          "b": None},))
+    out = root_jvp(
+        F, torch.tensor(0.5, dtype=DT), (p,), ({"a": torch.tensor(1.0, dtype=DT), "b": None},)
+    )
     torch.testing.assert_close(out, torch.tensor(-0.25, dtype=DT))  # d(b/a)/da = −b/a²
     with pytest.raises(ValueError, match="^root_vjp: on_failure must be one of"):
-        root_vjp(F, torch.tensor(0.5, dtype=DT), (p,), torch.tensor(1.0, dtype=DT),
-                 on_failure="shout")
+        root_vjp(
+            F, torch.tensor(0.5, dtype=DT), (p,), torch.tensor(1.0, dtype=DT), on_failure="shout"
+        )
 
 
 # =========================================================================== least squares
 def test_least_squares_reports_forward_and_backward_by_name():
     from unroll import physics
 
-    blur = physics.Blur(physics.gaussian_blur(2.0).to(DT), padding="valid", max_iter=2,
-                        tol=1e-12)
+    blur = physics.Blur(physics.gaussian_blur(2.0).to(DT), padding="valid", max_iter=2, tol=1e-12)
     x = torch.rand(2, 1, 24, 24, dtype=DT)
     y = blur.A(x)
     z = torch.zeros_like(x, requires_grad=True)
-    with pytest.warns(ConvergenceWarning, match=r"^least_squares \(forward\): stopped at "
-                                                r"maxiter=2.*in 2 of 2 systems"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^least_squares \(forward\): stopped at "
+        r"maxiter=2.*in 2 of 2 systems",
+    ):
         h = physics.least_squares(blur, y, z, 5.0)
-    with pytest.warns(ConvergenceWarning, match=r"^least_squares \(backward\): stopped at "
-                                                r"maxiter=2.*implicit_backward_solver=False"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^least_squares \(backward\): stopped at "
+        r"maxiter=2.*implicit_backward_solver=False",
+    ):
         h.sum().backward()
     with pytest.raises(ConvergenceError, match=r"^least_squares \(forward\)"):
         physics.least_squares(blur, y, z, 5.0, on_failure="raise")
-    with pytest.raises(ValueError, match=r"^least_squares: gamma must be finite and > 0.*"
-                                         r"A_dagger"):
+    with pytest.raises(
+        ValueError,
+        match=r"^least_squares: gamma must be finite and > 0.*"
+        r"A_dagger",
+    ):
         physics.least_squares(blur, y, z, float("inf"))
     with pytest.raises(ValueError, match=r"^least_squares: gamma must be finite"):
         physics.least_squares(blur, y, z, torch.tensor([1.0, float("inf")], dtype=DT))
@@ -547,7 +623,7 @@ class Ridge(ImplicitModule, linear_solve=functools.partial(ls.solve_cg, rtol=1e-
         self.register_inner("w", torch.zeros(6, dtype=DT))
 
     def objective(self, X, y):
-        return 0.5 * ((X @ self.w - y) ** 2).sum() + 0.5 * self.log_lam.exp() * (self.w ** 2).sum()
+        return 0.5 * ((X @ self.w - y) ** 2).sum() + 0.5 * self.log_lam.exp() * (self.w**2).sum()
 
     def solve(self, X, y):
         self.w = ridge_closed(self.log_lam.exp(), X, y)
@@ -606,11 +682,13 @@ def test_implicit_module_shared_across_live_threads_raises():
     t.start()
     solved.wait(10)
     try:
-        with pytest.raises(RuntimeError, match="last solved by another running thread.*"
-                                               "copy.deepcopy"):
+        with pytest.raises(
+            RuntimeError, match="last solved by another running thread.*copy.deepcopy"
+        ):
             module(X)
     finally:
         release.set()
         t.join()
-    torch.testing.assert_close(meta_gradient(module, X, y), closed_meta_gradient(X, y, 0.0),
-                               rtol=1e-8, atol=1e-10)  # the thread is gone: usable again
+    torch.testing.assert_close(
+        meta_gradient(module, X, y), closed_meta_gradient(X, y, 0.0), rtol=1e-8, atol=1e-10
+    )  # the thread is gone: usable again

@@ -43,8 +43,12 @@ def _physics(kind: str, dtype=D):
     if kind == "denoising":
         return P.Denoising(), torch.randn(2, 1, 6, 6, dtype=dtype)
     if kind == "blur":
-        return (P.Blur(torch.rand(1, 1, 3, 3, dtype=dtype), padding="circular", tol=1e-12,
-                       max_iter=300), torch.randn(2, 1, 6, 6, dtype=dtype))
+        return (
+            P.Blur(
+                torch.rand(1, 1, 3, 3, dtype=dtype), padding="circular", tol=1e-12, max_iter=300
+            ),
+            torch.randn(2, 1, 6, 6, dtype=dtype),
+        )
     if kind == "blurfft":
         k = 0.05 * torch.rand(1, 1, 3, 3, dtype=dtype)
         k[..., 1, 1] = 1.0  # |k̂| >= 0.55: well conditioned
@@ -55,18 +59,28 @@ def _physics(kind: str, dtype=D):
         return P.MRI(_mask(6, 6, dtype=dtype)), torch.randn(2, 6, 6, dtype=cdtype)
     if kind == "multicoil":
         maps = torch.randn(3, 6, 6, dtype=cdtype)
-        return (P.MultiCoilMRI(_mask(6, 6, dtype=dtype), maps, tol=1e-12, max_iter=300),
-                torch.randn(2, 6, 6, dtype=cdtype))
+        return (
+            P.MultiCoilMRI(_mask(6, 6, dtype=dtype), maps, tol=1e-12, max_iter=300),
+            torch.randn(2, 6, 6, dtype=cdtype),
+        )
     if kind == "cs":
-        return (P.CompressedSensing(20, (1, 6, 6), seed=0, dtype=dtype, tol=1e-12, max_iter=300),
-                torch.randn(2, 1, 6, 6, dtype=dtype))
+        return (
+            P.CompressedSensing(20, (1, 6, 6), seed=0, dtype=dtype, tol=1e-12, max_iter=300),
+            torch.randn(2, 1, 6, 6, dtype=dtype),
+        )
     raise KeyError(kind)
 
 
 KINDS = ["denoising", "blur", "blurfft", "inpainting", "mri", "multicoil", "cs"]
-NAMES = {"denoising": "Denoising", "blur": "Blur", "blurfft": "BlurFFT",
-         "inpainting": "Inpainting", "mri": "MRI", "multicoil": "MultiCoilMRI",
-         "cs": "CompressedSensing"}
+NAMES = {
+    "denoising": "Denoising",
+    "blur": "Blur",
+    "blurfft": "BlurFFT",
+    "inpainting": "Inpainting",
+    "mri": "MRI",
+    "multicoil": "MultiCoilMRI",
+    "cs": "CompressedSensing",
+}
 CLOSED_FORMS = ["denoising", "blurfft", "inpainting", "mri"]
 
 
@@ -112,8 +126,10 @@ def _projection_reference(physics64, z, y):
     dense pseudo-inverse per sample."""
     z, y = z.to(C128 if z.is_complex() else D), y.to(C128 if y.is_complex() else D)
     A = _dense(physics64.A, z.shape[1:], z.dtype)
-    out = [zi.reshape(-1) + torch.linalg.pinv(A) @ (yi.reshape(-1) - A @ zi.reshape(-1))
-           for zi, yi in zip(z, y)]
+    out = [
+        zi.reshape(-1) + torch.linalg.pinv(A) @ (yi.reshape(-1) - A @ zi.reshape(-1))
+        for zi, yi in zip(z, y)
+    ]
     return torch.stack(out).reshape(z.shape)
 
 
@@ -122,8 +138,10 @@ def test_huge_finite_gamma_gives_the_data_consistent_limit_in_float32(kind):
     """float32 and γ = 3e38 (the old closed forms overflowed to Inf/NaN): the result is the
     projection of z onto {x : A x = y} (the γ → ∞ limit), computed independently in float64."""
     physics64, x64 = _physics(kind)
-    physics32, x32 = physics64.to(torch.float32), x64.to(
-        torch.complex64 if x64.is_complex() else torch.float32)
+    physics32, x32 = (
+        physics64.to(torch.float32),
+        x64.to(torch.complex64 if x64.is_complex() else torch.float32),
+    )
     z32 = 3 * torch.randn_like(x32)
     y32 = physics32.A(x32)
     h = physics32.prox_l2(z32, y32, 3e38)
@@ -132,8 +150,9 @@ def test_huge_finite_gamma_gives_the_data_consistent_limit_in_float32(kind):
     torch.testing.assert_close(h.to(ref.dtype), ref, rtol=1e-4, atol=1e-4)
     # and the same with a per-sample tensor gamma
     g = torch.tensor([3e38, 1e30], dtype=torch.float32)
-    torch.testing.assert_close(physics32.prox_l2(z32, y32, g).to(ref.dtype), ref, rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        physics32.prox_l2(z32, y32, g).to(ref.dtype), ref, rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", ["blur", "cs"])
@@ -220,8 +239,11 @@ def test_unknown_options_are_rejected_with_did_you_mean(kind, method):
     physics, x = _physics(kind)
     y = physics.A(x)
     args = (x, y, 1.0) if method == "prox_l2" else (y,)
-    with pytest.raises(TypeError, match=f"^{NAMES[kind]}.{method}: unknown option 'maxiter' "
-                                        r"\(did you mean 'max_iter'\?\)"):
+    with pytest.raises(
+        TypeError,
+        match=f"^{NAMES[kind]}.{method}: unknown option 'maxiter' "
+        r"\(did you mean 'max_iter'\?\)",
+    ):
         getattr(physics, method)(*args, maxiter=3)
     with pytest.raises(TypeError, match=r"unknown option 'rtol' \(did you mean 'tol'\?\)"):
         getattr(physics, method)(*args, rtol=1e-3)
@@ -247,12 +269,18 @@ def test_valid_options_still_work_and_do_not_change_numbers():
     y = physics.A(x)
     plain = physics.prox_l2(x, y, 0.5)
     torch.testing.assert_close(
-        physics.prox_l2(x, y, 0.5, max_iter=3, tol=0.0, implicit_backward_solver=False,
-                        on_failure="raise"), plain, rtol=0, atol=0)
+        physics.prox_l2(
+            x, y, 0.5, max_iter=3, tol=0.0, implicit_backward_solver=False, on_failure="raise"
+        ),
+        plain,
+        rtol=0,
+        atol=0,
+    )
     blur, xb = _physics("blur")
     yb = blur.A(xb)
-    torch.testing.assert_close(blur.prox_l2(xb, yb, 0.5, on_failure="raise"),
-                               blur.prox_l2(xb, yb, 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(
+        blur.prox_l2(xb, yb, 0.5, on_failure="raise"), blur.prox_l2(xb, yb, 0.5), rtol=0, atol=0
+    )
 
 
 # ---------------------------------------------------------------------- mixed precision
@@ -299,9 +327,12 @@ def test_to_converts_every_tensor_and_keeps_the_original():
 
 
 def test_multicoil_precision_of_mask_and_maps_must_agree():
-    with pytest.raises(TypeError, match=r"^MultiCoilMRI: mask is torch.float64 but coil_maps is "
-                                        r"torch.complex64; pass both in one precision, e.g. "
-                                        r"coil_maps.to\(torch.complex128\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"^MultiCoilMRI: mask is torch.float64 but coil_maps is "
+        r"torch.complex64; pass both in one precision, e.g. "
+        r"coil_maps.to\(torch.complex128\)",
+    ):
         P.MultiCoilMRI(_mask(6, 6), torch.randn(3, 6, 6, dtype=torch.complex64))
     # a bool mask takes the maps' precision (exact for a binary mask)
     physics = P.MultiCoilMRI(torch.rand(6, 6) > 0.5, torch.randn(3, 6, 6, dtype=C128))
@@ -310,11 +341,13 @@ def test_multicoil_precision_of_mask_and_maps_must_agree():
 
 def test_gaussian_noise_per_sample_sigma_precision_and_batch():
     y32 = torch.zeros(2, 3)
-    with pytest.raises(TypeError, match="^GaussianNoise: sigma is torch.float64 but y is "
-                                        "torch.float32"):
+    with pytest.raises(
+        TypeError, match="^GaussianNoise: sigma is torch.float64 but y is torch.float32"
+    ):
         P.GaussianNoise(torch.tensor([0.1, 0.2], dtype=D))(y32)
-    with pytest.raises(ValueError, match="^GaussianNoise: sigma has 3 entries but y has batch "
-                                         "size 2"):
+    with pytest.raises(
+        ValueError, match="^GaussianNoise: sigma has 3 entries but y has batch size 2"
+    ):
         P.GaussianNoise(torch.tensor([0.1, 0.2, 0.3]))(y32)
     # a 0-dim float64 level keeps float32 data float32 (scalar type promotion)
     assert P.GaussianNoise(torch.tensor(0.1, dtype=D))(y32).dtype == torch.float32
@@ -333,21 +366,24 @@ def test_pnp_denoiser_precision_mismatch():
 
     prior = PnP(Den())
     x64 = torch.rand(1, 1, 6, 6, dtype=D)
-    with pytest.raises(TypeError, match=r"^unroll.optim.PnP: the denoiser's weights are "
-                                        r"torch.float32 but x is torch.float64.*\.double\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"^unroll.optim.PnP: the denoiser's weights are "
+        r"torch.float32 but x is torch.float64.*\.double\(\)",
+    ):
         prior.prox(x64, 1.0, sigma=0.1)
     with pytest.raises(TypeError, match="^unroll.optim.RED: the denoiser's weights"):
         RED(Den()).grad(x64, sigma=0.1)
-    torch.testing.assert_close(PnP(Den().double()).prox(x64, 1.0, sigma=0.1),
-                               net.double()(x64))
+    torch.testing.assert_close(PnP(Den().double()).prox(x64, 1.0, sigma=0.1), net.double()(x64))
 
 
 # ---------------------------------------------------------------------- shapes
 def test_multicoil_wrong_coil_count():
     physics, x = _physics("multicoil")
     y4 = torch.randn(2, 4, 6, 6, dtype=C128)
-    with pytest.raises(ValueError, match="^MultiCoilMRI.A_adjoint: y holds 4 coils but "
-                                         "coil_maps has 3"):
+    with pytest.raises(
+        ValueError, match="^MultiCoilMRI.A_adjoint: y holds 4 coils but coil_maps has 3"
+    ):
         physics.A_adjoint(y4)
     with pytest.raises(ValueError, match="MultiCoilMRI.A_adjoint: y holds 4 coils"):
         physics.prox_l2(x, y4, 1.0)
@@ -356,8 +392,11 @@ def test_multicoil_wrong_coil_count():
 
 
 def test_multicoil_mask_and_maps_sizes_must_agree():
-    with pytest.raises(ValueError, match=r"^MultiCoilMRI: mask \(H, W\) = \(8, 8\) does not fit "
-                                         r"coil_maps \(H, W\) = \(6, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiCoilMRI: mask \(H, W\) = \(8, 8\) does not fit "
+        r"coil_maps \(H, W\) = \(6, 6\)",
+    ):
         P.MultiCoilMRI(_mask(8, 8), torch.randn(3, 6, 6, dtype=C128))
     with pytest.raises(TypeError, match="^MultiCoilMRI: coil_maps must be complex"):
         P.MultiCoilMRI(_mask(6, 6), torch.ones(3, 6, 6, dtype=torch.int64))
@@ -370,25 +409,34 @@ def test_wrong_image_shapes_for_masks():
     with pytest.raises(ValueError, match=r"^MRI.prox_l2: mask of shape \(6, 6\) does not fit z"):
         mri.prox_l2(torch.randn(2, 7, 7, dtype=C128), torch.randn(2, 7, 7, dtype=C128), 1.0)
     inp, _ = _physics("inpainting")
-    with pytest.raises(ValueError, match=r"^Inpainting.A: mask of shape \(1, 6, 6\) does not "
-                                         r"broadcast to x of shape \(2, 1, 7, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Inpainting.A: mask of shape \(1, 6, 6\) does not "
+        r"broadcast to x of shape \(2, 1, 7, 7\)",
+    ):
         inp.A(torch.randn(2, 1, 7, 7, dtype=D))
     with pytest.raises(ValueError, match="^Inpainting.A_dagger: mask .* does not broadcast to y"):
         inp.A_dagger(torch.randn(2, 1, 5, 6, dtype=D))
 
 
 # ---------------------------------------------------------------------- noise models
-@pytest.mark.parametrize("sigma, cls, words", [
-    (NAN, ValueError, "sigma must be >= 0 and finite, got nan"),
-    (INF, ValueError, "sigma must be >= 0 and finite, got inf"),
-    (-0.1, ValueError, "sigma must be >= 0 and finite, got -0.1"),
-    (True, TypeError, "sigma must be a real number or a tensor, got bool"),
-    ("0.1", TypeError, "sigma must be a real number or a tensor, got str"),
-    (torch.tensor(NAN), ValueError, "sigma must be >= 0 and finite (every entry), got an entry "
-                                    "nan"),
-    (torch.tensor([0.1, INF]), ValueError, "got an entry inf"),
-    (torch.tensor(0.1 + 0j), TypeError, "sigma must be real"),
-])
+@pytest.mark.parametrize(
+    "sigma, cls, words",
+    [
+        (NAN, ValueError, "sigma must be >= 0 and finite, got nan"),
+        (INF, ValueError, "sigma must be >= 0 and finite, got inf"),
+        (-0.1, ValueError, "sigma must be >= 0 and finite, got -0.1"),
+        (True, TypeError, "sigma must be a real number or a tensor, got bool"),
+        ("0.1", TypeError, "sigma must be a real number or a tensor, got str"),
+        (
+            torch.tensor(NAN),
+            ValueError,
+            "sigma must be >= 0 and finite (every entry), got an entry nan",
+        ),
+        (torch.tensor([0.1, INF]), ValueError, "got an entry inf"),
+        (torch.tensor(0.1 + 0j), TypeError, "sigma must be real"),
+    ],
+)
 def test_gaussian_noise_rejects_bad_sigma(sigma, cls, words):
     with pytest.raises(cls, match="^GaussianNoise: ") as err:
         P.GaussianNoise(sigma)
@@ -400,8 +448,9 @@ def test_gaussian_noise_sigma_is_checked_on_assignment_and_inside_vmap():
     with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0 and finite"):
         noise.sigma = NAN
     assert noise.sigma == 0.1  # unchanged
-    draw = torch.func.vmap(lambda s: P.GaussianNoise(s)(torch.zeros(3, dtype=D)),
-                           randomness="different")
+    draw = torch.func.vmap(
+        lambda s: P.GaussianNoise(s)(torch.zeros(3, dtype=D)), randomness="different"
+    )
     with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0 and finite"):
         draw(torch.tensor([0.1, INF], dtype=D))
     # zero noise is valid
@@ -436,37 +485,55 @@ def _defaults(module):
                     yield f"{module.__name__}.{fn.__qualname__}({p.name})", p.default
 
 
-MUTABLE = (list, dict, set, bytearray, torch.Tensor, nn.Module, P.GaussianNoise,
-           P.LinearPhysics)
+MUTABLE = (list, dict, set, bytearray, torch.Tensor, nn.Module, P.GaussianNoise, P.LinearPhysics)
 
 
-@pytest.mark.parametrize("module", [
-    P.base, P.blur, P.blur_fft, P.compressed_sensing, P.inpainting, P.mri, P.noise,
-    prior_module, data_fidelity_module,
-], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [
+        P.base,
+        P.blur,
+        P.blur_fft,
+        P.compressed_sensing,
+        P.inpainting,
+        P.mri,
+        P.noise,
+        prior_module,
+        data_fidelity_module,
+    ],
+    ids=lambda m: m.__name__,
+)
 def test_no_mutable_default_arguments(module):
     shared = [name for name, value in _defaults(module) if isinstance(value, MUTABLE)]
     assert shared == []
 
 
 # ---------------------------------------------------------------------- priors
-@pytest.mark.parametrize("prior", [TVPrior(n_it_max=20), L1Prior(), Tikhonov()],
-                         ids=lambda p: type(p).__name__)
-@pytest.mark.parametrize("gamma, words", [
-    (-0.1, "got -0.1"), (NAN, "got nan"), (INF, "got inf"),
-    (torch.tensor([0.1, -1.0]), "got an entry -1.0"),
-])
+@pytest.mark.parametrize(
+    "prior", [TVPrior(n_it_max=20), L1Prior(), Tikhonov()], ids=lambda p: type(p).__name__
+)
+@pytest.mark.parametrize(
+    "gamma, words",
+    [
+        (-0.1, "got -0.1"),
+        (NAN, "got nan"),
+        (INF, "got inf"),
+        (torch.tensor([0.1, -1.0]), "got an entry -1.0"),
+    ],
+)
 def test_prior_prox_rejects_bad_gamma(prior, gamma, words):
     x = torch.rand(2, 1, 6, 6, dtype=D)
     name = type(prior).__name__
-    with pytest.raises(ValueError, match=f"^unroll.optim.{name}.prox: gamma must be >= 0 and "
-                                         "finite") as err:
+    with pytest.raises(
+        ValueError, match=f"^unroll.optim.{name}.prox: gamma must be >= 0 and finite"
+    ) as err:
         prior.prox(x, gamma)
     assert words in str(err.value) and "lambda_reg" in str(err.value)
 
 
-@pytest.mark.parametrize("prior", [TVPrior(n_it_max=20), L1Prior(), Tikhonov()],
-                         ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize(
+    "prior", [TVPrior(n_it_max=20), L1Prior(), Tikhonov()], ids=lambda p: type(p).__name__
+)
 def test_prior_prox_with_zero_gamma_is_the_identity(prior):
     x = torch.rand(2, 1, 6, 6, dtype=D)
     out = prior.prox(x, 0.0)
@@ -503,21 +570,29 @@ def test_tv_prox_of_the_pgd_with_lambda_zero_is_finite():
 
     y = torch.rand(1, 1, 8, 8, dtype=D)
     x = PGD(prior=TVPrior(n_it_max=5), lambda_reg=0.0, stepsize=1.0, max_iter=3)(
-        y, P.Denoising(None))
+        y, P.Denoising(None)
+    )
     torch.testing.assert_close(x, y)  # no regularisation: the data term's minimiser
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=-0.1),
-    lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=NAN),
-    lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=torch.tensor([0.1, INF])),
-    lambda x: RED(lambda v, s: v).grad(x, sigma=-1.0),
-    lambda x: RED(lambda v, s: v).value(x, sigma=INF),
-], ids=["pnp-negative", "pnp-nan", "pnp-tensor-inf", "red-negative", "red-value-inf"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=-0.1),
+        lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=NAN),
+        lambda x: PnP(lambda v, s: v).prox(x, 1.0, sigma=torch.tensor([0.1, INF])),
+        lambda x: RED(lambda v, s: v).grad(x, sigma=-1.0),
+        lambda x: RED(lambda v, s: v).value(x, sigma=INF),
+    ],
+    ids=["pnp-negative", "pnp-nan", "pnp-tensor-inf", "red-negative", "red-value-inf"],
+)
 def test_denoiser_priors_reject_bad_noise_levels(make):
     x = torch.rand(2, 1, 6, 6, dtype=D)
-    with pytest.raises(ValueError, match=r"^unroll.optim.(PnP|RED): sigma \(the denoiser's noise "
-                                         r"level\) must be >= 0 and finite") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"^unroll.optim.(PnP|RED): sigma \(the denoiser's noise "
+        r"level\) must be >= 0 and finite",
+    ) as err:
         make(x)
     assert "sigma_denoiser" in str(err.value)
 
@@ -528,27 +603,38 @@ def test_tv_prior_rejects_a_bool_iteration_count():
 
 
 # ---------------------------------------------------------------------- data fidelities
-@pytest.mark.parametrize("make, cls, words", [
-    (lambda: L2(sigma=NAN), ValueError, "^unroll.optim.L2: sigma must be > 0 and finite"),
-    (lambda: L2(sigma=INF), ValueError, "^unroll.optim.L2: sigma must be > 0 and finite"),
-    (lambda: L2(sigma=torch.tensor([1.0, -1.0])), ValueError,
-     r"^unroll.optim.L2: sigma must be > 0 and finite \(every entry\)"),
-    (lambda: L2(sigma="1"), TypeError, "^unroll.optim.L2: sigma must be a real number"),
-    (lambda: L1(norm=INF), ValueError, "^unroll.optim.L1: norm must be > 0 and finite"),
-    (lambda: L1(max_iter=True), ValueError, "^unroll.optim.L1: max_iter must be an int"),
-], ids=["l2-nan", "l2-inf", "l2-tensor-negative", "l2-str", "l1-norm-inf", "l1-bool-iter"])
+@pytest.mark.parametrize(
+    "make, cls, words",
+    [
+        (lambda: L2(sigma=NAN), ValueError, "^unroll.optim.L2: sigma must be > 0 and finite"),
+        (lambda: L2(sigma=INF), ValueError, "^unroll.optim.L2: sigma must be > 0 and finite"),
+        (
+            lambda: L2(sigma=torch.tensor([1.0, -1.0])),
+            ValueError,
+            r"^unroll.optim.L2: sigma must be > 0 and finite \(every entry\)",
+        ),
+        (lambda: L2(sigma="1"), TypeError, "^unroll.optim.L2: sigma must be a real number"),
+        (lambda: L1(norm=INF), ValueError, "^unroll.optim.L1: norm must be > 0 and finite"),
+        (lambda: L1(max_iter=True), ValueError, "^unroll.optim.L1: max_iter must be an int"),
+    ],
+    ids=["l2-nan", "l2-inf", "l2-tensor-negative", "l2-str", "l1-norm-inf", "l1-bool-iter"],
+)
 def test_data_fidelity_constructors_reject_bad_values(make, cls, words):
     with pytest.raises(cls, match=words):
         make()
 
 
-@pytest.mark.parametrize("call, api", [
-    (lambda z, y: L1().prox(z, y, P.Denoising(), 0.0), "unroll.optim.L1.prox"),
-    (lambda z, y: L1().prox(z, y, P.Denoising(), torch.tensor(NAN)), "unroll.optim.L1.prox"),
-    (lambda z, y: L1().d_prox(z, y, -1.0), "unroll.optim.L1.d_prox"),
-    (lambda z, y: L2().d_prox(z, y, INF), "unroll.optim.L2.d_prox"),
-    (lambda z, y: L2().prox(z, y, P.Denoising(), -1.0), "Denoising.prox_l2"),
-], ids=["l1-prox-zero", "l1-prox-nan", "l1-dprox-negative", "l2-dprox-inf", "l2-prox-negative"])
+@pytest.mark.parametrize(
+    "call, api",
+    [
+        (lambda z, y: L1().prox(z, y, P.Denoising(), 0.0), "unroll.optim.L1.prox"),
+        (lambda z, y: L1().prox(z, y, P.Denoising(), torch.tensor(NAN)), "unroll.optim.L1.prox"),
+        (lambda z, y: L1().d_prox(z, y, -1.0), "unroll.optim.L1.d_prox"),
+        (lambda z, y: L2().d_prox(z, y, INF), "unroll.optim.L2.d_prox"),
+        (lambda z, y: L2().prox(z, y, P.Denoising(), -1.0), "Denoising.prox_l2"),
+    ],
+    ids=["l1-prox-zero", "l1-prox-nan", "l1-dprox-negative", "l2-dprox-inf", "l2-prox-negative"],
+)
 def test_data_fidelity_steps_reject_bad_gamma(call, api):
     z, y = torch.rand(2, 1, 4, 4, dtype=D), torch.rand(2, 1, 4, 4, dtype=D)
     with pytest.raises(ValueError, match=f"^{api}: gamma must be > 0"):
@@ -556,24 +642,46 @@ def test_data_fidelity_steps_reject_bad_gamma(call, api):
 
 
 # ---------------------------------------------------------------------- settings
-@pytest.mark.parametrize("make, cls, words", [
-    (lambda: P.Blur(torch.rand(3, 3), tol=NAN), ValueError, "^Blur: tol must be a finite number"),
-    (lambda: P.Blur(torch.rand(3, 3), tol=INF), ValueError, "^Blur: tol must be a finite number"),
-    (lambda: P.CompressedSensing(True, 9), ValueError,
-     "^CompressedSensing: m and n must be positive ints"),
-    (lambda: P.CompressedSensing(4, 9, dtype=torch.int64), TypeError,
-     "^CompressedSensing: dtype must be a real floating dtype"),
-], ids=["tol-nan", "tol-inf", "cs-bool-m", "cs-int-dtype"])
+@pytest.mark.parametrize(
+    "make, cls, words",
+    [
+        (
+            lambda: P.Blur(torch.rand(3, 3), tol=NAN),
+            ValueError,
+            "^Blur: tol must be a finite number",
+        ),
+        (
+            lambda: P.Blur(torch.rand(3, 3), tol=INF),
+            ValueError,
+            "^Blur: tol must be a finite number",
+        ),
+        (
+            lambda: P.CompressedSensing(True, 9),
+            ValueError,
+            "^CompressedSensing: m and n must be positive ints",
+        ),
+        (
+            lambda: P.CompressedSensing(4, 9, dtype=torch.int64),
+            TypeError,
+            "^CompressedSensing: dtype must be a real floating dtype",
+        ),
+    ],
+    ids=["tol-nan", "tol-inf", "cs-bool-m", "cs-int-dtype"],
+)
 def test_physics_settings_reject_bad_values(make, cls, words):
     with pytest.raises(cls, match=words):
         make()
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda: P.gaussian_blur(INF), "^gaussian_blur: sigma must be > 0 and finite, got inf"),
-    (lambda: P.gaussian_blur((1.0, NAN)), "^gaussian_blur: sigma must be > 0 and finite"),
-    (lambda: P.gaussian_blur(1.0, angle=NAN), "^gaussian_blur: angle must be a finite number"),
-], ids=["sigma-inf", "sigma-nan", "angle-nan"])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: P.gaussian_blur(INF), "^gaussian_blur: sigma must be > 0 and finite, got inf"),
+        (lambda: P.gaussian_blur((1.0, NAN)), "^gaussian_blur: sigma must be > 0 and finite"),
+        (lambda: P.gaussian_blur(1.0, angle=NAN), "^gaussian_blur: angle must be a finite number"),
+    ],
+    ids=["sigma-inf", "sigma-nan", "angle-nan"],
+)
 def test_gaussian_blur_rejects_non_finite_values(make, words):
     with pytest.raises(ValueError, match=words):
         make()
@@ -581,8 +689,9 @@ def test_gaussian_blur_rejects_non_finite_values(make, words):
 
 def test_conv2d_helpers_name_both_dtypes():
     x, k = torch.rand(1, 1, 6, 6, dtype=D), torch.rand(1, 1, 3, 3)
-    with pytest.raises(TypeError, match="^conv2d: the input is torch.float64 but the kernel is "
-                                        "torch.float32"):
+    with pytest.raises(
+        TypeError, match="^conv2d: the input is torch.float64 but the kernel is torch.float32"
+    ):
         P.conv2d(x, k)
     with pytest.raises(TypeError, match="^conv_transpose2d: the input is torch.float64"):
         P.conv_transpose2d(x, k)

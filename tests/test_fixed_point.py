@@ -18,7 +18,6 @@ DT = torch.float64
 SOLVERS = [fixed_point_iteration, anderson]
 
 
-
 def contraction(n: int, rho: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(n, n, generator=g, dtype=DT)
@@ -32,8 +31,15 @@ def test_affine_map_closed_form(solver, batched):
     """``z = A z + c`` has ``z* = (I − A)⁻¹ c``."""
     a = contraction(6, 0.8, seed=1)
     c = torch.randn(3, 6, dtype=DT, generator=torch.Generator().manual_seed(2))
-    z, info = solver(lambda z, a, c: z @ a.T + c, torch.zeros(3, 6, dtype=DT), a, c,
-                     tol=1e-13, maxiter=2000, batched=batched)
+    z, info = solver(
+        lambda z, a, c: z @ a.T + c,
+        torch.zeros(3, 6, dtype=DT),
+        a,
+        c,
+        tol=1e-13,
+        maxiter=2000,
+        batched=batched,
+    )
     ref = torch.linalg.solve(torch.eye(6, dtype=DT) - a, c.T).T
     torch.testing.assert_close(z, ref, rtol=1e-11, atol=1e-11)
     assert bool(info.converged.all())
@@ -57,8 +63,9 @@ def test_pytree_state_coupled_closed_form(solver):
         v = m @ torch.cat([s.p, s.q]) + c
         return Pair(v[:4], v[4:])
 
-    z, info = solver(f, Pair(torch.zeros(4, dtype=DT), torch.zeros(3, dtype=DT)), m, c,
-                     tol=1e-13, maxiter=2000)
+    z, info = solver(
+        f, Pair(torch.zeros(4, dtype=DT), torch.zeros(3, dtype=DT)), m, c, tol=1e-13, maxiter=2000
+    )
     assert isinstance(z, Pair)
     ref = torch.linalg.solve(torch.eye(7, dtype=DT) - m, c)
     torch.testing.assert_close(torch.cat([z.p, z.q]), ref, rtol=1e-11, atol=1e-11)
@@ -69,8 +76,9 @@ def test_pytree_state_coupled_closed_form(solver):
 def test_complex_state(solver):
     """Complex leaves (Anderson mixes them as real/imaginary pairs): ``z = a z + 1``."""
     a = 0.7 * torch.exp(torch.tensor(0.4j, dtype=torch.complex128))
-    z, _ = solver(lambda z, a: a * z + 1, torch.zeros(5, dtype=torch.complex128), a, tol=1e-13,
-                  maxiter=500)
+    z, _ = solver(
+        lambda z, a: a * z + 1, torch.zeros(5, dtype=torch.complex128), a, tol=1e-13, maxiter=500
+    )
     torch.testing.assert_close(z, torch.full((5,), 1 / (1 - a), dtype=torch.complex128))
 
 
@@ -108,10 +116,12 @@ def test_anderson_relative_ridge_is_scale_invariant():
         return s * tanh_f(z / s, w, u, b, x)
 
     z0 = torch.zeros_like(x)
-    z1, i1 = anderson(tanh_f, z0, w, u, b, x, tol=1e-10, ridge=1e-2, check_every=1,
-                      on_failure="ignore")
-    z2, i2 = anderson(scaled, z0, w, u, b, x, tol=1e-10, ridge=1e-2, check_every=1,
-                      on_failure="ignore")
+    z1, i1 = anderson(
+        tanh_f, z0, w, u, b, x, tol=1e-10, ridge=1e-2, check_every=1, on_failure="ignore"
+    )
+    z2, i2 = anderson(
+        scaled, z0, w, u, b, x, tol=1e-10, ridge=1e-2, check_every=1, on_failure="ignore"
+    )
     assert int(i1.num_iter) == int(i2.num_iter)
     torch.testing.assert_close(z2 / s, z1, rtol=1e-9, atol=1e-12)
 
@@ -120,8 +130,9 @@ def test_abs_and_rel_stop_modes():
     w, u, b, x = tanh_layer(16, 0.9, batch=4)
     z0 = torch.zeros_like(x)
     for mode in ("abs", "rel"):
-        z, info = fixed_point_iteration(tanh_f, z0, w, u, b, x, tol=1e-6, stop_mode=mode,
-                                        maxiter=1000, check_every=1)
+        z, info = fixed_point_iteration(
+            tanh_f, z0, w, u, b, x, tol=1e-6, stop_mode=mode, maxiter=1000, check_every=1
+        )
         # the iterate before the last step has residual ‖f(z)−z‖ equal to the step size
         k = int(info.num_iter)
         z_prev = plain_loop(tanh_f, z0, w, u, b, x, n=k - 1)
@@ -142,15 +153,15 @@ def test_batched_equals_per_sample_runs(solver):
     w, u, b, x = tanh_layer(16, 0.95, batch=5)
     x = x * torch.logspace(-2, 0.5, 5, dtype=DT)[:, None]  # very different convergence speeds
     z0 = torch.zeros_like(x)
-    z, info = solver(tanh_f, z0, w, u, b, x, tol=1e-9, maxiter=2000, batched=True,
-                     check_every=1)
+    z, info = solver(tanh_f, z0, w, u, b, x, tol=1e-9, maxiter=2000, batched=True, check_every=1)
     assert info.num_iter.shape == (5,) and info.trace.shape[1] == 5
     assert len(set(info.num_iter.tolist())) > 1
     for i in range(5):
-        zi, ii = solver(tanh_f, z0[i:i + 1], w, u, b, x[i:i + 1], tol=1e-9, maxiter=2000,
-                        check_every=1)
+        zi, ii = solver(
+            tanh_f, z0[i : i + 1], w, u, b, x[i : i + 1], tol=1e-9, maxiter=2000, check_every=1
+        )
         assert int(ii.num_iter) == int(info.num_iter[i])
-        torch.testing.assert_close(z[i:i + 1], zi, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(z[i : i + 1], zi, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(info.residual[i], ii.residual, rtol=1e-6, atol=1e-14)
 
 
@@ -190,8 +201,9 @@ def test_linear_solvers_dense_reference(solve, batched):
     j = contraction(8, 0.9, seed=7)
     a = torch.eye(8, dtype=DT) - j.T
     rhs = torch.randn(4, 8, dtype=DT, generator=torch.Generator().manual_seed(8))
-    v, info = solve(lambda v: v @ a.T, rhs, rtol=1e-12, maxiter=3000, batched=batched,
-                    return_info=True)
+    v, info = solve(
+        lambda v: v @ a.T, rhs, rtol=1e-12, maxiter=3000, batched=batched, return_info=True
+    )
     torch.testing.assert_close(v, torch.linalg.solve(a, rhs.T).T, rtol=1e-10, atol=1e-10)
     assert bool(info.converged.all())
     assert info.num_iter.shape == ((4,) if batched else ())
@@ -211,8 +223,14 @@ def test_linear_solvers_pytree_ridge_and_init():
     full = full + 0.2 * torch.eye(6, dtype=DT)
     ref = torch.linalg.solve(full, torch.cat([rhs["a"], rhs["b"][None]]))
     for solve in (solve_fixed_point, solve_anderson):
-        v = solve(matvec, rhs, ridge=0.2, rtol=1e-13, maxiter=3000,
-                  init={"a": torch.ones(5, dtype=DT), "b": torch.tensor(0.0, dtype=DT)})
+        v = solve(
+            matvec,
+            rhs,
+            ridge=0.2,
+            rtol=1e-13,
+            maxiter=3000,
+            init={"a": torch.ones(5, dtype=DT), "b": torch.tensor(0.0, dtype=DT)},
+        )
         torch.testing.assert_close(torch.cat([v["a"], v["b"][None]]), ref)
 
 
@@ -228,24 +246,33 @@ def test_anderson_beats_richardson_on_slow_linear_system():
 
 def test_linear_solver_warns_with_residual():
     a = torch.eye(4, dtype=DT) - contraction(4, 0.99, seed=12)
-    with pytest.warns(ConvergenceWarning, match=r"solve_fixed_point: stopped at max_iter=3 "
-                                                r"with residual \d\.\d+e[+-]\d+ above tol"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"solve_fixed_point: stopped at max_iter=3 "
+        r"with residual \d\.\d+e[+-]\d+ above tol",
+    ):
         solve_fixed_point(lambda v: a @ v, torch.ones(4, dtype=DT), maxiter=3)
     with pytest.warns(ConvergenceWarning, match=r"diverged .*\[diverged\]"):
         x = solve_fixed_point(lambda v: -2.0 * v, torch.ones(4, dtype=DT), maxiter=30)
     assert bool(torch.isfinite(x).all())  # the last good iterate, not an overflowed one
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _, info = solve_fixed_point(lambda v: a @ v, torch.ones(4, dtype=DT), maxiter=3,
-                                    return_info=True, on_failure="ignore")
+        _, info = solve_fixed_point(
+            lambda v: a @ v,
+            torch.ones(4, dtype=DT),
+            maxiter=3,
+            return_info=True,
+            on_failure="ignore",
+        )
     assert not bool(info.converged) and int(info.reason) == 1  # max_iter
 
 
 # =========================================================================== failures
 def test_non_contractive_map_reports_not_converged():
     with pytest.warns(ConvergenceWarning, match="fixed_point_iteration: diverged"):
-        z, info = fixed_point_iteration(lambda z: 2.0 * z + 1.0, torch.ones(3, dtype=DT),
-                                        maxiter=50, stop_mode="abs")
+        z, info = fixed_point_iteration(
+            lambda z: 2.0 * z + 1.0, torch.ones(3, dtype=DT), maxiter=50, stop_mode="abs"
+        )
     assert not bool(info.converged) and int(info.reason) == 4  # diverged
     assert float(info.trace[-1]) > float(info.trace[0])
     assert bool(torch.isfinite(z).all())
@@ -300,6 +327,7 @@ def test_info_is_a_named_tuple_of_tensors():
 def test_unrolled_gradient_through_solver():
     """The solvers are plain differentiable loops too: d z*/d c of ``z = 0.5 cos(z) + c``
     equals the implicit-function value ``1 / (1 + 0.5 sin z*)``."""
+
     def step(z, c):
         return 0.5 * torch.cos(z) + c
 

@@ -21,7 +21,6 @@ TIGHT = {"rtol": 1e-12, "maxiter": 500}
 SOLVERS = linear_solvers(fixed_point=False)
 
 
-
 def data(n=30, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=DT)
@@ -77,14 +76,14 @@ def test_backward_equals_func_grad_and_vjp_and_jacrev():
     w = ridge(torch.zeros(5, dtype=DT), lam, Xr, y)
     outer_loss(w).backward()
     truth = torch.func.grad(lambda l, X: outer_loss(ridge_closed(l, X, y)), argnums=(0, 1))(
-        lam.detach(), X)
+        lam.detach(), X
+    )
     torch.testing.assert_close(lam.grad, truth[0], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(Xr.grad, truth[1], rtol=1e-8, atol=1e-10)
     # vjp and jacrev of the solution map w(λ)
     sol = lambda l: ridge(torch.zeros(5, dtype=DT), l, X, y)  # noqa: E731
     jac_ref = torch.func.jacrev(lambda l: ridge_closed(l, X, y))(lam.detach())
-    torch.testing.assert_close(torch.func.jacrev(sol)(lam.detach()), jac_ref, rtol=1e-8,
-                               atol=1e-10)
+    torch.testing.assert_close(torch.func.jacrev(sol)(lam.detach()), jac_ref, rtol=1e-8, atol=1e-10)
     w0, vjp_fn = torch.func.vjp(sol, lam.detach())
     ct = torch.arange(5, dtype=DT)
     torch.testing.assert_close(vjp_fn(ct)[0], ct @ jac_ref, rtol=1e-8, atol=1e-10)
@@ -111,14 +110,22 @@ def test_vmap_over_problems_equals_loop():
 
     vm = torch.func.vmap(hyper)(lams, Xs, ys)
     loop = torch.stack([hyper(lams[i], Xs[i], ys[i]) for i in range(8)])
-    ref = torch.stack([torch.func.grad(lambda l, i=i: outer_loss(ridge_closed(l, Xs[i], ys[i])))(
-        lams[i]) for i in range(8)])
+    ref = torch.stack(
+        [
+            torch.func.grad(lambda l, i=i: outer_loss(ridge_closed(l, Xs[i], ys[i])))(lams[i])
+            for i in range(8)
+        ]
+    )
     torch.testing.assert_close(vm, loop, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(vm, ref, rtol=1e-8, atol=1e-10)
     # vmap of the solver itself (solution values)
     sols = torch.func.vmap(lambda l, X, y: ridge(torch.zeros(5, dtype=DT), l, X, y))(lams, Xs, ys)
-    torch.testing.assert_close(sols, torch.stack([ridge_closed(lams[i], Xs[i], ys[i])
-                                                  for i in range(8)]), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        sols,
+        torch.stack([ridge_closed(lams[i], Xs[i], ys[i]) for i in range(8)]),
+        rtol=1e-9,
+        atol=1e-10,
+    )
 
 
 def test_per_example_hypergradients_vmap_grad():
@@ -133,9 +140,10 @@ def test_per_example_hypergradients_vmap_grad():
         return 0.5 * (xv @ w - yv_) ** 2
 
     ours = torch.func.vmap(torch.func.grad(per_example), in_dims=(None, 0, 0))(lam, Xv, yv)
-    ref = torch.func.vmap(torch.func.grad(
-        lambda l, xv, yv_: 0.5 * (xv @ ridge_closed(l, X, y) - yv_) ** 2), in_dims=(None, 0, 0))(
-        lam, Xv, yv)
+    ref = torch.func.vmap(
+        torch.func.grad(lambda l, xv, yv_: 0.5 * (xv @ ridge_closed(l, X, y) - yv_) ** 2),
+        in_dims=(None, 0, 0),
+    )(lam, Xv, yv)
     torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-10)
 
 
@@ -146,18 +154,22 @@ def test_second_derivative_matches_closed_form():
     lam = torch.tensor(0.4, dtype=DT)
     f = lambda l: outer_loss(ridge(torch.zeros(5, dtype=DT), l, X, y))  # noqa: E731
     ref = lambda l: outer_loss(ridge_closed(l, X, y))  # noqa: E731
-    torch.testing.assert_close(torch.func.grad(torch.func.grad(f))(lam),
-                               torch.func.grad(torch.func.grad(ref))(lam), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(
+        torch.func.grad(torch.func.grad(f))(lam),
+        torch.func.grad(torch.func.grad(ref))(lam),
+        rtol=1e-7,
+        atol=1e-9,
+    )
     # and with .backward(create_graph=True)
     lr = lam.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(f(lr), lr, create_graph=True)
     (h,) = torch.autograd.grad(g, lr)
-    torch.testing.assert_close(h, torch.func.grad(torch.func.grad(ref))(lam), rtol=1e-7,
-                               atol=1e-9)
+    torch.testing.assert_close(h, torch.func.grad(torch.func.grad(ref))(lam), rtol=1e-7, atol=1e-9)
     # mixed second derivatives: Jacobian of the gradient w.r.t. the data matrix
     make = make_ridge(argnums=2)
-    hx = torch.func.jacrev(torch.func.grad(
-        lambda X: outer_loss(make(torch.zeros(5, dtype=DT), lam, X, y))))(X)
+    hx = torch.func.jacrev(
+        torch.func.grad(lambda X: outer_loss(make(torch.zeros(5, dtype=DT), lam, X, y)))
+    )(X)
     hr = torch.func.jacrev(torch.func.grad(lambda X: outer_loss(ridge_closed(lam, X, y))))(X)
     torch.testing.assert_close(hx, hr, rtol=1e-6, atol=1e-8)
 
@@ -171,8 +183,7 @@ def test_forward_mode_jvp_and_jacfwd():
     _, ours = torch.func.jvp(sol, (lam, y), (tl, ty))
     jl, jy = torch.func.jacrev(lambda l, y: ridge_closed(l, X, y), argnums=(0, 1))(lam, y)
     torch.testing.assert_close(ours, jl * tl + jy @ ty, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(torch.func.jacfwd(sol, argnums=1)(lam, y), jy, rtol=1e-8,
-                               atol=1e-10)
+    torch.testing.assert_close(torch.func.jacfwd(sol, argnums=1)(lam, y), jy, rtol=1e-8, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- other problems
@@ -182,9 +193,10 @@ def test_logistic_regression_against_finite_differences():
     t = (torch.rand(40, generator=g, dtype=DT) > 0.5).to(DT)
 
     def objective(w, lam):
-        return torch.nn.functional.binary_cross_entropy_with_logits(X @ w, t,
-                                                                    reduction="sum") \
+        return (
+            torch.nn.functional.binary_cross_entropy_with_logits(X @ w, t, reduction="sum")
             + 0.5 * lam * w.square().sum()
+        )
 
     def optimality(w, lam):
         return torch.func.grad(objective)(w, lam)
@@ -210,8 +222,11 @@ def test_dict_of_tensors_coupled_params():
 
     def objective(p, hp):
         r = X @ p["w"] + p["b"] - y
-        return 0.5 * r.square().sum() + 0.5 * hp["lam"] * p["w"].square().sum() \
+        return (
+            0.5 * r.square().sum()
+            + 0.5 * hp["lam"] * p["w"].square().sum()
             + 0.5 * hp["mu"] * p["b"] ** 2
+        )
 
     def closed(hp):
         A = torch.cat([X, torch.ones(25, 1, dtype=DT)], 1)
@@ -249,10 +264,13 @@ def test_custom_fixed_point_matches_closed_form():
         return x
 
     a = torch.randn(6, generator=g, dtype=DT)
-    ours = torch.func.grad(lambda M, a: fp(torch.zeros(6, dtype=DT), M, a).square().sum(),
-                           argnums=(0, 1))(M, a)
-    ref = torch.func.grad(lambda M, a: torch.linalg.solve(torch.eye(6, dtype=DT) - M, a)
-                          .square().sum(), argnums=(0, 1))(M, a)
+    ours = torch.func.grad(
+        lambda M, a: fp(torch.zeros(6, dtype=DT), M, a).square().sum(), argnums=(0, 1)
+    )(M, a)
+    ref = torch.func.grad(
+        lambda M, a: torch.linalg.solve(torch.eye(6, dtype=DT) - M, a).square().sum(),
+        argnums=(0, 1),
+    )(M, a)
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-8, atol=1e-10)
 
@@ -320,12 +338,14 @@ def test_closed_over_tensor_requiring_grad_is_rejected():
 
 def test_non_converged_backward_warns():
     X, y = data(seed=12)
-    ridge = custom_root(ridge_grad, solve=functools.partial(ls.solve_cg, rtol=1e-14,
-                                                            maxiter=1))(
-        lambda init, lam, X, y: ridge_closed(lam, X, y))
+    ridge = custom_root(ridge_grad, solve=functools.partial(ls.solve_cg, rtol=1e-14, maxiter=1))(
+        lambda init, lam, X, y: ridge_closed(lam, X, y)
+    )
     lam = torch.tensor(0.1, dtype=DT)
-    with pytest.warns(ls.ConvergenceWarning,
-                      match=r"custom_root backward: stopped after 1 iteration\(s\) with residual"):
+    with pytest.warns(
+        ls.ConvergenceWarning,
+        match=r"custom_root backward: stopped after 1 iteration\(s\) with residual",
+    ):
         torch.func.grad(lambda l: ridge(None, l, X, y).sum())(lam)
 
 
@@ -335,7 +355,8 @@ def test_converged_backward_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.func.grad(lambda l: ridge(torch.zeros(5, dtype=DT), l, X, y).sum())(
-            torch.tensor(0.1, dtype=DT))
+            torch.tensor(0.1, dtype=DT)
+        )
 
 
 def test_top_level_exports():
@@ -354,18 +375,19 @@ def test_custom_fixed_point_with_fixed_point_backward_solvers(solve_name):
     a = torch.randn(5, generator=g, dtype=DT)
     T = lambda x, M, a: M @ x + a  # noqa: E731
 
-    @custom_fixed_point(T, argnums=(1, 2), solve=functools.partial(solve, rtol=1e-12,
-                                                                    maxiter=400))
+    @custom_fixed_point(T, argnums=(1, 2), solve=functools.partial(solve, rtol=1e-12, maxiter=400))
     def fp_solve(x, M, a):
         for _ in range(200):
             x = T(x, M, a)
         return x
 
     loss = lambda x: (x * torch.arange(5, dtype=DT)).sum()  # noqa: E731
-    ours = torch.func.grad(lambda M, a: loss(fp_solve(torch.zeros(5, dtype=DT), M, a)),
-                           argnums=(0, 1))(M, a)
-    ref = torch.func.grad(lambda M, a: loss(torch.linalg.solve(torch.eye(5, dtype=DT) - M, a)),
-                          argnums=(0, 1))(M, a)
+    ours = torch.func.grad(
+        lambda M, a: loss(fp_solve(torch.zeros(5, dtype=DT), M, a)), argnums=(0, 1)
+    )(M, a)
+    ref = torch.func.grad(
+        lambda M, a: loss(torch.linalg.solve(torch.eye(5, dtype=DT) - M, a)), argnums=(0, 1)
+    )(M, a)
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(ours[1], ref[1], rtol=1e-9, atol=1e-11)
 
@@ -398,13 +420,17 @@ def test_nested_implicit_layers_compose_with_torch_func():
     z0 = torch.zeros((), dtype=DT)
     f = lambda lam, a: outer(z0, lam, a)  # noqa: E731
     ref = torch.func.grad(closed, argnums=(0, 1))(lam, a)
-    for got in (torch.func.grad(f, argnums=(0, 1))(lam, a),
-                torch.func.jacrev(f, argnums=(0, 1))(lam, a)):
+    for got in (
+        torch.func.grad(f, argnums=(0, 1))(lam, a),
+        torch.func.jacrev(f, argnums=(0, 1))(lam, a),
+    ):
         torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-12)
     lams = torch.tensor([0.3, 0.5, 0.9], dtype=DT)
-    torch.testing.assert_close(torch.func.vmap(torch.func.grad(f), in_dims=(0, None))(lams, a),
-                               torch.func.vmap(torch.func.grad(closed), in_dims=(0, None))(lams, a))
+    torch.testing.assert_close(
+        torch.func.vmap(torch.func.grad(f), in_dims=(0, None))(lams, a),
+        torch.func.vmap(torch.func.grad(closed), in_dims=(0, None))(lams, a),
+    )
     lr, ar = lam.clone().requires_grad_(True), a.clone().requires_grad_(True)
     f(lr, ar).backward()
     torch.testing.assert_close(lr.grad, ref[0], rtol=1e-10, atol=1e-12)

@@ -160,7 +160,7 @@ def test_vmap_of_grad_gives_per_sample_gradients():
 
     per_sample = torch.func.vmap(torch.func.grad(loss))(gammas, z, y)
     for i in range(3):
-        _, ref = _grads(False, k, y[i:i + 1], z[i:i + 1], gammas[i])
+        _, ref = _grads(False, k, y[i : i + 1], z[i : i + 1], gammas[i])
         assert rel(per_sample[i], ref[3]) < 1e-6
 
 
@@ -178,8 +178,9 @@ def test_second_derivatives_match_unrolled():
     for a, b in zip(d2(True), d2(False)):
         assert rel(a, b) < 1e-6
     # and with torch.func: hessian of the loss w.r.t. gamma
-    h_func = torch.func.grad(torch.func.grad(
-        lambda g: _loss(Blur(k, **TIGHT).prox_l2(z, y, g))))(torch.tensor(0.7, dtype=D))
+    h_func = torch.func.grad(torch.func.grad(lambda g: _loss(Blur(k, **TIGHT).prox_l2(z, y, g))))(
+        torch.tensor(0.7, dtype=D)
+    )
     assert rel(h_func, d2(False)[0]) < 1e-6
 
 
@@ -196,7 +197,7 @@ def test_multicoil_complex_gradients(implicit):
         zz = x.flip(-1).clone().requires_grad_()
         physics = MultiCoilMRI(mask, mm, implicit_backward_solver=imp, **TIGHT)
         h = physics.prox_l2(zz, y0, 0.5)
-        (h.real.sin().sum() + (h.imag ** 2).sum()).backward()
+        (h.real.sin().sum() + (h.imag**2).sum()).backward()
         return mm.grad, zz.grad
 
     for a, b in zip(grads(implicit), grads(False)):
@@ -252,7 +253,8 @@ def test_checkpointing_uses_saved_tensor_hooks():
         _loss(physics.prox_l2(z1, y, 0.7)).backward()
         z2 = z.clone().requires_grad_()
         h = torch.utils.checkpoint.checkpoint(
-            lambda t, p=physics: p.prox_l2(t, y, 0.7), z2, use_reentrant=False)
+            lambda t, p=physics: p.prox_l2(t, y, 0.7), z2, use_reentrant=False
+        )
         _loss(h).backward()
         assert rel(z2.grad, z1.grad) < 1e-10
 
@@ -311,10 +313,14 @@ def test_vmap_then_backward_reaches_the_kernels():
 
     _loss(torch.func.vmap(prox)(kernels, z, y)).backward()
     loop = kernels.detach().clone().requires_grad_()
-    out = torch.stack([
-        Blur(loop[i], implicit_backward_solver=False, **TIGHT).prox_l2(z[i:i + 1], y[i:i + 1],
-                                                                       0.6)[0]
-        for i in range(3)])
+    out = torch.stack(
+        [
+            Blur(loop[i], implicit_backward_solver=False, **TIGHT).prox_l2(
+                z[i : i + 1], y[i : i + 1], 0.6
+            )[0]
+            for i in range(3)
+        ]
+    )
     _loss(out).backward()
     assert rel(kernels.grad, loop.grad) < 1e-6
 

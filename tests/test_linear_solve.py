@@ -22,7 +22,6 @@ GENERAL = linear_solvers(fixed_point=False, spd_only=False)
 TIGHT = {"rtol": 1e-12}
 
 
-
 def spd(n: int, seed: int = 0, cond: float = 10.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
@@ -132,8 +131,9 @@ def test_nested_tuple_pytree(solver):
 def test_batched_per_sample_systems(solver):
     mats = torch.stack([spd(6, seed=s, cond=3.0 + 20 * s) for s in range(4)])
     b = rand(4, 6)
-    x, info = solver(lambda v: (mats @ v.unsqueeze(-1)).squeeze(-1), b, batched=True,
-                     return_info=True, **TIGHT)
+    x, info = solver(
+        lambda v: (mats @ v.unsqueeze(-1)).squeeze(-1), b, batched=True, return_info=True, **TIGHT
+    )
     torch.testing.assert_close(x, torch.linalg.solve(mats, b), rtol=1e-9, atol=1e-10)
     assert info.converged.shape == (4,) and bool(info.converged.all())
     assert info.residual_norm.shape == (4,)
@@ -162,8 +162,9 @@ def test_batched_zero_sample_stays_zero():
 # --------------------------------------------------------------------------- vmap / grad
 @pytest.mark.parametrize("solver", ALL, ids=lambda f: f.__name__)
 def test_vmap_matches_python_loop(solver):
-    mats = torch.stack([spd(5, seed=s) + (0 if solver is ls.solve_cg else 0.3 * nonsym(5, s))
-                        for s in range(6)])
+    mats = torch.stack(
+        [spd(5, seed=s) + (0 if solver is ls.solve_cg else 0.3 * nonsym(5, s)) for s in range(6)]
+    )
     if solver in (ls.solve_cg, ls.solve_cholesky):
         mats = torch.stack([spd(5, seed=s, cond=2.0 + s) for s in range(6)])
     bs = rand(6, 5)
@@ -222,13 +223,16 @@ def test_info_reports_residual_and_convergence():
     true_res = torch.linalg.norm(b - a @ x)
     assert bool(info.converged)
     assert float(true_res) <= 1e-6 * float(torch.linalg.norm(b)) * 10
-    _, info2 = ls.solve_cg(lambda v: a @ v, b, rtol=1e-12, maxiter=3, return_info=True,
-                           on_failure="ignore")
+    _, info2 = ls.solve_cg(
+        lambda v: a @ v, b, rtol=1e-12, maxiter=3, return_info=True, on_failure="ignore"
+    )
     assert not bool(info2.converged) and int(info2.num_iter) == 3
-    torch.testing.assert_close(info2.residual_norm,
-                               torch.linalg.norm(b - a @ ls.solve_cg(lambda v: a @ v, b, maxiter=3,
-                                                                     rtol=1e-12,
-                                                                     on_failure="ignore")))
+    torch.testing.assert_close(
+        info2.residual_norm,
+        torch.linalg.norm(
+            b - a @ ls.solve_cg(lambda v: a @ v, b, maxiter=3, rtol=1e-12, on_failure="ignore")
+        ),
+    )
 
 
 def test_check_every_does_not_change_result():
@@ -264,8 +268,9 @@ def test_errors_name_the_solver(solver):
         solver(lambda v: v, torch.tensor([1.0, float("nan")], dtype=DT))
 
 
-@pytest.mark.parametrize("solver", [s for s in ALL if s is not ls.solve_normal_cg],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "solver", [s for s in ALL if s is not ls.solve_normal_cg], ids=lambda f: f.__name__
+)
 def test_matvec_shape_mismatch(solver):
     with pytest.raises(ValueError, match=f"{solver.__name__}: matvec"):
         solver(lambda v: torch.cat([v, v]), rand(4))
@@ -293,8 +298,12 @@ def test_no_warnings_on_good_input():
 
 # --------------------------------------------------------------------------- properties
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 12), seed=st.integers(0, 10_000), cond=st.floats(1.0, 1e3),
-       ridge=st.sampled_from([None, 0.0, 0.5]))
+@given(
+    n=st.integers(1, 12),
+    seed=st.integers(0, 10_000),
+    cond=st.floats(1.0, 1e3),
+    ridge=st.sampled_from([None, 0.0, 0.5]),
+)
 def test_property_random_spd_cg(n, seed, cond, ridge):
     a, b = spd(n, seed=seed, cond=cond), rand(n, seed=seed + 1)
     x = ls.solve_cg(lambda v: a @ v, b, ridge=ridge, rtol=1e-11, maxiter=20 * n)
@@ -307,7 +316,7 @@ def test_property_random_spd_cg(n, seed, cond, ridge):
 def test_property_dense_solvers_agree(n, seed):
     a, b = spd(n, seed=seed, cond=50.0), rand(n, seed=seed + 2)
     ref = torch.linalg.solve(a, b)
-    for solver in (ls.solve_inv, ls.solve_cholesky, ls.solve_lu, ls.solve_gmres,
-                   ls.solve_bicgstab):
-        torch.testing.assert_close(solver(lambda v: a @ v, b, rtol=1e-12), ref, rtol=1e-7,
-                                   atol=1e-8)
+    for solver in (ls.solve_inv, ls.solve_cholesky, ls.solve_lu, ls.solve_gmres, ls.solve_bicgstab):
+        torch.testing.assert_close(
+            solver(lambda v: a @ v, b, rtol=1e-12), ref, rtol=1e-7, atol=1e-8
+        )

@@ -24,8 +24,9 @@ def dense(op, shape):
 # ------------------------------------------------------------------ data fidelities, priors
 def test_l2_value_grad_prox_against_dense():
     g = torch.Generator().manual_seed(0)
-    physics = P.Blur(torch.rand(3, 3, generator=g, dtype=DT), padding="valid",
-                     max_iter=500, tol=1e-12)
+    physics = P.Blur(
+        torch.rand(3, 3, generator=g, dtype=DT), padding="valid", max_iter=500, tol=1e-12
+    )
     shape = (1, 1, 6, 6)
     a = dense(physics.A, shape)
     x, z = (torch.randn(shape, generator=g, dtype=DT) for _ in range(2))
@@ -41,8 +42,10 @@ def test_l2_value_grad_prox_against_dense():
 
 def test_l1_prox_on_denoising_is_shifted_soft_threshold():
     g = torch.Generator().manual_seed(1)
-    z, y = torch.randn(2, 3, 4, 4, generator=g, dtype=DT), torch.randn(2, 3, 4, 4, generator=g,
-                                                                      dtype=DT)
+    z, y = (
+        torch.randn(2, 3, 4, 4, generator=g, dtype=DT),
+        torch.randn(2, 3, 4, 4, generator=g, dtype=DT),
+    )
     out = L1().prox(z, y, P.Denoising(), 0.3)
     d = z - y
     torch.testing.assert_close(out, y + d.sign() * (d.abs() - 0.3).clamp(min=0))
@@ -66,13 +69,28 @@ def test_priors_prox_and_grad_closed_forms():
 
 
 # ------------------------------------------------------------------ classical classes
-@pytest.mark.parametrize("cls, extra", [(PGD, {}), (FISTA, {}), (ADMM, {"beta": 1.5}),
-                                        (DRS, {"beta": 1.2}), (PDCP, {"stepsize_dual": 1.0})])
+@pytest.mark.parametrize(
+    "cls, extra",
+    [
+        (PGD, {}),
+        (FISTA, {}),
+        (ADMM, {"beta": 1.5}),
+        (DRS, {"beta": 1.2}),
+        (PDCP, {"stepsize_dual": 1.0}),
+    ],
+)
 def test_classical_l1_denoising(cls, extra):
     g = torch.Generator().manual_seed(3)
     y = torch.randn(2, 3, 4, 4, generator=g, dtype=DT)
-    model = cls(data_fidelity=L2(), prior=L1Prior(), stepsize=0.8, lambda_reg=0.25,  # exact in fp32
-                max_iter=3000, tol=1e-13, **extra)
+    model = cls(
+        data_fidelity=L2(),
+        prior=L1Prior(),
+        stepsize=0.8,
+        lambda_reg=0.25,  # exact in fp32
+        max_iter=3000,
+        tol=1e-13,
+        **extra,
+    )
     ref = y.sign() * (y.abs() - 0.25).clamp(min=0)
     torch.testing.assert_close(model(y, P.Denoising()), ref, rtol=0, atol=1e-9)
 
@@ -82,8 +100,13 @@ def test_classical_gd_tikhonov_deblurring():
     physics = P.Blur(torch.rand(3, 3, generator=g, dtype=DT) / 4.5, padding="valid")
     y = torch.randn(1, 1, 4, 4, generator=g, dtype=DT)
     # tensors keep their dtype (a Python 0.2 would be stored in the default float32)
-    model = GD(prior=Tikhonov(), stepsize=torch.tensor(0.5, dtype=DT),
-               lambda_reg=torch.tensor(0.2, dtype=DT), max_iter=3000, tol=1e-15)
+    model = GD(
+        prior=Tikhonov(),
+        stepsize=torch.tensor(0.5, dtype=DT),
+        lambda_reg=torch.tensor(0.2, dtype=DT),
+        max_iter=3000,
+        tol=1e-15,
+    )
     a = dense(physics.A, (1, 1, 6, 6))
     ref = torch.linalg.solve(a.T @ a + 0.2 * torch.eye(36, dtype=DT), a.T @ y.reshape(-1))
     torch.testing.assert_close(model(y, physics).reshape(-1), ref, rtol=0, atol=1e-9)
@@ -129,11 +152,22 @@ def test_hqs_follows_physics_implicit_backward_solver():
     x = torch.rand(2, 1, 12, 12, generator=g, dtype=DT)
     grads, saved = {}, {}
     for implicit in (True, False):
-        physics = P.Blur(P.gaussian_blur(1.0).to(DT), padding="valid", max_iter=60, tol=1e-12,
-                         implicit_backward_solver=implicit)
+        physics = P.Blur(
+            P.gaussian_blur(1.0).to(DT),
+            padding="valid",
+            max_iter=60,
+            tol=1e-12,
+            implicit_backward_solver=implicit,
+        )
         y = physics.A(x)
-        model = HQS(unfold=True, prior=Tikhonov(), stepsize=1.0, lambda_reg=0.1, max_iter=3,
-                    trainable_params=["stepsize", "lambda_reg"]).double()
+        model = HQS(
+            unfold=True,
+            prior=Tikhonov(),
+            stepsize=1.0,
+            lambda_reg=0.1,
+            max_iter=3,
+            trainable_params=["stepsize", "lambda_reg"],
+        ).double()
         nbytes = [0]
 
         def pack(t, nbytes=nbytes):
@@ -195,8 +229,9 @@ def test_seed_example_hqs_blur(builder):
             max_iter=3,
         )
     x = torch.randn(1, 3, 16, 16)
-    physics = unroll.physics.Blur(filter=torch.ones(1, 1, 3, 3) / 9.,
-                                  implicit_backward_solver=True, max_iter=50)
+    physics = unroll.physics.Blur(
+        filter=torch.ones(1, 1, 3, 3) / 9.0, implicit_backward_solver=True, max_iter=50
+    )
     y = physics(x)
     x_hat = model(y, physics)
     # reference: the same iterations written out by hand
@@ -231,9 +266,14 @@ def test_seed_example_constant_memory_training():
         physics.implicit_backward_solver = implicit
         torch.manual_seed(42)
         prior = PnP(denoiser=DnCNN(depth=3, nf=8, pretrained=None).to(dtype))
-        model = unfolded_builder(iteration="HQS", params_algo=params_algo.copy(),
-                                 trainable_params=trainable_params, data_fidelity=L2(),
-                                 max_iter=max_iter, prior=prior).to(dtype)
+        model = unfolded_builder(
+            iteration="HQS",
+            params_algo=params_algo.copy(),
+            trainable_params=trainable_params,
+            data_fidelity=L2(),
+            max_iter=max_iter,
+            prior=prior,
+        ).to(dtype)
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-8)
         losses, first_grads = [], None
         for _ in range(4):
@@ -262,16 +302,25 @@ def test_deq_on_blur_matches_unrolled_to_convergence(cls):
     from unroll.equilibrium import DEQConfig
 
     g = torch.Generator().manual_seed(6)
-    physics = P.Blur(torch.rand(3, 3, generator=g, dtype=DT) / 4.5, padding="valid",
-                     max_iter=200, tol=1e-13)
+    physics = P.Blur(
+        torch.rand(3, 3, generator=g, dtype=DT) / 4.5, padding="valid", max_iter=200, tol=1e-13
+    )
     x = torch.rand(2, 1, 6, 6, generator=g, dtype=DT)
     y = physics.A(x) + 0.05 * torch.randn(2, 1, 4, 4, generator=g, dtype=DT)
     grads = []
-    for deq in (None, DEQConfig(max_iter=1000, tol=1e-13, max_iter_backward=1000,
-                                tol_backward=1e-13)):
-        model = cls(unfold=True, prior=Tikhonov(), stepsize=torch.tensor(0.7, dtype=DT),
-                    lambda_reg=torch.tensor(0.3, dtype=DT), max_iter=300, DEQ=deq,
-                    trainable_params=["stepsize", "lambda_reg"])
+    for deq in (
+        None,
+        DEQConfig(max_iter=1000, tol=1e-13, max_iter_backward=1000, tol_backward=1e-13),
+    ):
+        model = cls(
+            unfold=True,
+            prior=Tikhonov(),
+            stepsize=torch.tensor(0.7, dtype=DT),
+            lambda_reg=torch.tensor(0.3, dtype=DT),
+            max_iter=300,
+            DEQ=deq,
+            trainable_params=["stepsize", "lambda_reg"],
+        )
         loss = ((model(y, physics) - x) ** 2).sum()
         grads.append(torch.stack(torch.autograd.grad(loss, list(model.parameters()))))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
@@ -287,9 +336,15 @@ def test_vmap_over_a_batch_of_blur_physics():
     phys = [P.Blur(k, padding="valid", max_iter=100, tol=1e-12) for k in kernels]
     ys = torch.stack([p.A(torch.rand(1, 1, 6, 6, generator=g, dtype=DT)) for p in phys])
     stacked = tree.map(lambda *leaves: torch.stack(leaves), *phys)
-    model = unfolded_builder("HQS", params_algo={"stepsize": torch.tensor(0.5, dtype=DT),
-                                                 "lambda_reg": torch.tensor(0.2, dtype=DT)},
-                             prior=Tikhonov(), max_iter=3)
+    model = unfolded_builder(
+        "HQS",
+        params_algo={
+            "stepsize": torch.tensor(0.5, dtype=DT),
+            "lambda_reg": torch.tensor(0.2, dtype=DT),
+        },
+        prior=Tikhonov(),
+        max_iter=3,
+    )
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def single(physics, y):
@@ -298,8 +353,9 @@ def test_vmap_over_a_batch_of_blur_physics():
     def loss(physics, y):
         return single(physics, y).square().sum()
 
-    torch.testing.assert_close(torch.func.vmap(single)(stacked, ys),
-                               torch.stack([single(p, y) for p, y in zip(phys, ys)]))
+    torch.testing.assert_close(
+        torch.func.vmap(single)(stacked, ys), torch.stack([single(p, y) for p, y in zip(phys, ys)])
+    )
     batched = torch.func.vmap(torch.func.grad(loss))(stacked, ys).filter
     looped = torch.stack([torch.func.grad(loss)(p, y).filter for p, y in zip(phys, ys)])
     torch.testing.assert_close(batched, looped)

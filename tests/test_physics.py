@@ -55,32 +55,60 @@ def _operators():
     ops = []
     for padding in ("valid", "circular", "reflect", "replicate", "zeros"):
         for fshape in [(1, 1, 5, 4), (1, 3, 3, 3), (2, 1, 4, 5), (2, 3, 3, 2)]:
-            ops.append((f"blur-{padding}-{fshape}", lambda p=padding, s=fshape: (
-                Blur(torch.rand(s, dtype=D), padding=p), rand(2, 3, 9, 10))))
+            ops.append(
+                (
+                    f"blur-{padding}-{fshape}",
+                    lambda p=padding, s=fshape: (
+                        Blur(torch.rand(s, dtype=D), padding=p),
+                        rand(2, 3, 9, 10),
+                    ),
+                )
+            )
         for fshape in [(1, 1, 11, 10), (2, 3, 10, 12)]:  # large kernels: the FFT path
-            ops.append((f"blur-{padding}-{fshape}", lambda p=padding, s=fshape: (
-                Blur(torch.rand(s, dtype=D), padding=p), rand(2, 3, 14, 13))))
+            ops.append(
+                (
+                    f"blur-{padding}-{fshape}",
+                    lambda p=padding, s=fshape: (
+                        Blur(torch.rand(s, dtype=D), padding=p),
+                        rand(2, 3, 14, 13),
+                    ),
+                )
+            )
     ops += [
-        ("blurfft-shared", lambda: (BlurFFT(torch.rand(1, 1, 4, 5, dtype=D), (3, 8, 9)),
-                                    rand(2, 3, 8, 9))),
-        ("blurfft-per-sample", lambda: (BlurFFT(torch.rand(2, 3, 3, 3, dtype=D), (8, 8)),
-                                        rand(2, 3, 8, 8))),
+        (
+            "blurfft-shared",
+            lambda: (BlurFFT(torch.rand(1, 1, 4, 5, dtype=D), (3, 8, 9)), rand(2, 3, 8, 9)),
+        ),
+        (
+            "blurfft-per-sample",
+            lambda: (BlurFFT(torch.rand(2, 3, 3, 3, dtype=D), (8, 8)), rand(2, 3, 8, 8)),
+        ),
         ("inpainting", lambda: (Inpainting(torch.rand(3, 6, 7, dtype=D)), rand(2, 3, 6, 7))),
-        ("inpainting-per-sample", lambda: (Inpainting(torch.rand(2, 3, 6, 7, dtype=D)),
-                                           rand(2, 3, 6, 7))),
+        (
+            "inpainting-per-sample",
+            lambda: (Inpainting(torch.rand(2, 3, 6, 7, dtype=D)), rand(2, 3, 6, 7)),
+        ),
         ("denoising", lambda: (Denoising(), rand(2, 3, 5, 5))),
         ("mri-complex", lambda: (MRI(_mri_mask()), rand(2, 8, 8, dtype=C64))),
         ("mri-complex-4d-per-sample", lambda: (MRI(_mri_mask(B=2)), rand(2, 3, 8, 8, dtype=C64))),
         ("mri-real-2ch", lambda: (MRI(_mri_mask()), rand(2, 2, 8, 8))),
-        ("multicoil-complex", lambda: (MultiCoilMRI(_mri_mask(), rand(4, 8, 8, dtype=C64)),
-                                       rand(2, 8, 8, dtype=C64))),
-        ("multicoil-real-per-sample", lambda: (
-            MultiCoilMRI(_mri_mask(B=2), rand(2, 3, 8, 8, dtype=C64)), rand(2, 2, 8, 8))),
+        (
+            "multicoil-complex",
+            lambda: (MultiCoilMRI(_mri_mask(), rand(4, 8, 8, dtype=C64)), rand(2, 8, 8, dtype=C64)),
+        ),
+        (
+            "multicoil-real-per-sample",
+            lambda: (MultiCoilMRI(_mri_mask(B=2), rand(2, 3, 8, 8, dtype=C64)), rand(2, 2, 8, 8)),
+        ),
         ("cs", lambda: (CompressedSensing(20, (2, 4, 4), seed=3, dtype=D), rand(2, 2, 4, 4))),
-        ("composed", lambda: (
-            Inpainting(torch.rand(1, 8, 8, dtype=D)) * Blur(torch.rand(1, 1, 3, 3, dtype=D),
-                                                            padding="reflect"),
-            rand(2, 1, 8, 8))),
+        (
+            "composed",
+            lambda: (
+                Inpainting(torch.rand(1, 8, 8, dtype=D))
+                * Blur(torch.rand(1, 1, 3, 3, dtype=D), padding="reflect"),
+                rand(2, 1, 8, 8),
+            ),
+        ),
         ("custom", lambda: (_diag_physics(), rand(2, 6))),
     ]
     return ops
@@ -134,7 +162,9 @@ def _blur_reference(x, k, padding):
         out = torch.zeros(B, C, H - h + 1, W - w + 1, dtype=x.dtype)
         for a in range(h):
             for b in range(w):
-                out += kk[:, :, a:a + 1, b:b + 1] * x[:, :, h - 1 - a:H - a, w - 1 - b:W - b]
+                out += (
+                    kk[:, :, a : a + 1, b : b + 1] * x[:, :, h - 1 - a : H - a, w - 1 - b : W - b]
+                )
         return out
     mode = {"zeros": "constant"}.get(padding, padding)
     top, left = h // 2, w // 2
@@ -143,7 +173,7 @@ def _blur_reference(x, k, padding):
     for a in range(h):
         for b in range(w):
             r0, c0 = h - a + top, w - b + left
-            out += kk[:, :, a:a + 1, b:b + 1] * xp[:, :, r0:r0 + H, c0:c0 + W]
+            out += kk[:, :, a : a + 1, b : b + 1] * xp[:, :, r0 : r0 + H, c0 : c0 + W]
     return out
 
 
@@ -258,8 +288,9 @@ def dense_prox(physics, z, y, gamma):
 def _sample(physics, i):
     """The physics of sample ``i`` (per-sample leaves sliced)."""
     leaves, spec = tree.flatten(physics)
-    return tree.unflatten(spec, [t[i:i + 1] if t.dim() >= 4 and t.shape[0] > 1 else t
-                                 for t in leaves])
+    return tree.unflatten(
+        spec, [t[i : i + 1] if t.dim() >= 4 and t.shape[0] > 1 else t for t in leaves]
+    )
 
 
 GAMMAS = {
@@ -276,26 +307,34 @@ def _as_tensor(gamma, z):
 
 
 @pytest.mark.parametrize("gname", list(GAMMAS))
-@pytest.mark.parametrize("kind", ["blur-valid", "blur-reflect", "blurfft", "inpainting",
-                                  "denoising", "cs"])
+@pytest.mark.parametrize(
+    "kind", ["blur-valid", "blur-reflect", "blurfft", "inpainting", "denoising", "cs"]
+)
 def test_prox_against_dense_solve(kind, gname):
     z = rand(2, 2, 6, 6)
     physics = {
         "blur-valid": lambda: Blur(torch.rand(2, 1, 3, 3, dtype=D), tol=1e-12, max_iter=500),
-        "blur-reflect": lambda: Blur(torch.rand(1, 2, 3, 2, dtype=D), padding="reflect",
-                                     tol=1e-12, max_iter=500),
-        "blurfft": lambda: BlurFFT(torch.rand(2, 1, 3, 3, dtype=D), (2, 6, 6), tol=1e-12,
-                                   max_iter=500),
+        "blur-reflect": lambda: Blur(
+            torch.rand(1, 2, 3, 2, dtype=D), padding="reflect", tol=1e-12, max_iter=500
+        ),
+        "blurfft": lambda: BlurFFT(
+            torch.rand(2, 1, 3, 3, dtype=D), (2, 6, 6), tol=1e-12, max_iter=500
+        ),
         "inpainting": lambda: Inpainting(torch.rand(2, 2, 6, 6, dtype=D)),
         "denoising": lambda: Denoising(),
-        "cs": lambda: CompressedSensing(30, (2, 6, 6), seed=0, dtype=D, tol=1e-12,
-                                        max_iter=500),
+        "cs": lambda: CompressedSensing(30, (2, 6, 6), seed=0, dtype=D, tol=1e-12, max_iter=500),
     }[kind]()
     y = physics.A(rand(2, 2, 6, 6)) + 0.1 * rand(*physics.A(z).shape)
     gamma = GAMMAS[gname](z)
     h = physics.prox_l2(z, y, gamma)
-    ref = dense_prox(physics, z, y, _as_tensor(gamma, z).expand(z.shape) if gname == "full"
-                     else torch.as_tensor(gamma, dtype=D))
+    ref = dense_prox(
+        physics,
+        z,
+        y,
+        _as_tensor(gamma, z).expand(z.shape)
+        if gname == "full"
+        else torch.as_tensor(gamma, dtype=D),
+    )
     assert torch.allclose(h, ref, rtol=1e-8, atol=1e-9)
 
 
@@ -325,21 +364,36 @@ def test_closed_form_prox_against_cg(kind, gname):
     assert tree.norm(res) <= 1e-10 * tree.norm(z)
 
 
-@pytest.mark.parametrize("kind", ["blur-circular", "blur-replicate", "multicoil", "composed",
-                                  "cs", "custom"])
+@pytest.mark.parametrize(
+    "kind", ["blur-circular", "blur-replicate", "multicoil", "composed", "cs", "custom"]
+)
 def test_cg_prox_optimality(kind):
     physics, x = {
-        "blur-circular": lambda: (Blur(torch.rand(1, 1, 5, 5, dtype=D), padding="circular",
-                                       tol=1e-12, max_iter=300), rand(2, 3, 10, 10)),
-        "blur-replicate": lambda: (Blur(torch.rand(2, 3, 4, 4, dtype=D), padding="replicate",
-                                        tol=1e-12, max_iter=300), rand(2, 3, 10, 10)),
-        "multicoil": lambda: (MultiCoilMRI(_mri_mask(), rand(3, 8, 8, dtype=C64), tol=1e-12,
-                                           max_iter=300), rand(2, 8, 8, dtype=C64)),
-        "composed": lambda: (compose(Inpainting(torch.rand(1, 8, 8, dtype=D)),
-                                     Blur(torch.rand(1, 1, 3, 3, dtype=D), padding="zeros"),
-                                     tol=1e-12, max_iter=300), rand(2, 1, 8, 8)),
-        "cs": lambda: (CompressedSensing(40, 60, seed=0, dtype=D, tol=1e-12, max_iter=300),
-                       rand(2, 60)),
+        "blur-circular": lambda: (
+            Blur(torch.rand(1, 1, 5, 5, dtype=D), padding="circular", tol=1e-12, max_iter=300),
+            rand(2, 3, 10, 10),
+        ),
+        "blur-replicate": lambda: (
+            Blur(torch.rand(2, 3, 4, 4, dtype=D), padding="replicate", tol=1e-12, max_iter=300),
+            rand(2, 3, 10, 10),
+        ),
+        "multicoil": lambda: (
+            MultiCoilMRI(_mri_mask(), rand(3, 8, 8, dtype=C64), tol=1e-12, max_iter=300),
+            rand(2, 8, 8, dtype=C64),
+        ),
+        "composed": lambda: (
+            compose(
+                Inpainting(torch.rand(1, 8, 8, dtype=D)),
+                Blur(torch.rand(1, 1, 3, 3, dtype=D), padding="zeros"),
+                tol=1e-12,
+                max_iter=300,
+            ),
+            rand(2, 1, 8, 8),
+        ),
+        "cs": lambda: (
+            CompressedSensing(40, 60, seed=0, dtype=D, tol=1e-12, max_iter=300),
+            rand(2, 60),
+        ),
         "custom": lambda: (_diag_physics().replace(tol=1e-12), rand(2, 6)),
     }[kind]()
     y = physics.A(rand(*x.shape, dtype=x.dtype))
@@ -351,8 +405,9 @@ def test_cg_prox_optimality(kind):
     assert tree.norm(res) <= 1e-10 * tree.norm(b)
 
 
-@pytest.mark.parametrize("kind", ["blurfft", "inpainting", "mri", "cs", "custom-cg",
-                                  "cs-as-generic-cg"])
+@pytest.mark.parametrize(
+    "kind", ["blurfft", "inpainting", "mri", "cs", "custom-cg", "cs-as-generic-cg"]
+)
 def test_A_dagger_against_pinv(kind):
     if kind == "blurfft":
         physics, shape = BlurFFT(torch.rand(1, 1, 3, 3, dtype=D), (6, 6)), (1, 6, 6)
@@ -387,6 +442,7 @@ def test_physics_is_a_pytree_and_immutable():
     assert torch.equal(rebuilt.filter, 2 * k)
     # torch.utils._pytree sees the same leaves (what torch.func.vmap uses)
     import torch.utils._pytree as tp
+
     assert len(tp.tree_leaves(physics)) == 2
     # per-call options do not change the object
     x = rand(2, 1, 8, 8)
@@ -410,7 +466,8 @@ def test_vmap_over_a_batch_of_physics():
 
     batched = torch.func.vmap(prox)(stacked, x)
     built_inside = torch.func.vmap(
-        lambda k, xi: prox(Blur(k, padding="circular", tol=1e-12, max_iter=200), xi))(kernels, x)
+        lambda k, xi: prox(Blur(k, padding="circular", tol=1e-12, max_iter=200), xi)
+    )(kernels, x)
     for i in range(3):
         expected = prox(singles[i], x[i])
         assert torch.allclose(batched[i], expected, atol=1e-10)
@@ -439,8 +496,9 @@ def test_gaussian_noise_rejects_negative_tensor_sigma():
         GaussianNoise(torch.tensor([0.1, -0.1], dtype=D))
     GaussianNoise(torch.tensor(0.0, dtype=D))  # zero noise is allowed
     # under vmap the check reads the whole underlying batch; valid levels pass through
-    draw = torch.func.vmap(lambda s: GaussianNoise(s)(torch.zeros(3, dtype=D)),
-                           randomness="different")
+    draw = torch.func.vmap(
+        lambda s: GaussianNoise(s)(torch.zeros(3, dtype=D)), randomness="different"
+    )
     assert draw(torch.tensor([0.1, 0.2], dtype=D)).shape == (2, 3)
     with pytest.raises(ValueError, match="^GaussianNoise: sigma must be >= 0"):
         draw(torch.tensor([0.1, -0.2], dtype=D))

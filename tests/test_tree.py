@@ -72,8 +72,9 @@ def test_batched_reductions_are_per_sample():
     torch.testing.assert_close(batch_flat(tree.batch_scale(s, a)), s[:, None] * fa)
     torch.testing.assert_close(batch_flat(tree.batch_add_scaled(a, s, b)), fa + s[:, None] * fb)
     m = torch.tensor([True, False, True])
-    torch.testing.assert_close(batch_flat(tree.batch_where(m, a, b)),
-                               torch.where(m[:, None], fa, fb))
+    torch.testing.assert_close(
+        batch_flat(tree.batch_where(m, a, b)), torch.where(m[:, None], fa, fb)
+    )
 
 
 def test_allclose_and_where():
@@ -101,5 +102,5 @@ def test_registered_class_is_seen_by_optree_and_torch_func():
     assert isinstance(doubled, Box) and doubled.tag == "blur"
     # torch.func.vmap maps over the registered leaf: a batch of 4 boxes.
     batch = Box(torch.arange(12.0, dtype=DT).reshape(4, 3), "blur")
-    out = torch.func.vmap(lambda b: (b.k ** 2).sum())(batch)
-    torch.testing.assert_close(out, (batch.k ** 2).sum(1))
+    out = torch.func.vmap(lambda b: (b.k**2).sum())(batch)
+    torch.testing.assert_close(out, (batch.k**2).sum(1))

@@ -16,7 +16,6 @@ DT = torch.float64
 NAMES = algorithm_names()
 
 
-
 class TinyDenoiser(nn.Module):
     """``D(x, σ) = x − σ tanh(w ⋆ x)``: smooth, contractive for small σ·‖w‖."""
 
@@ -88,7 +87,8 @@ def test_unrolled_gradient_matches_finite_differences(name):
         d = torch.randn(leaf.shape, generator=g, dtype=DT)
         # one leaf at a time: the direction is d on leaf i, zero elsewhere
         direction = tree.unflatten(
-            spec, [d if j == i else torch.zeros_like(v) for j, v in enumerate(flat)])
+            spec, [d if j == i else torch.zeros_like(v) for j, v in enumerate(flat)]
+        )
         fd = central_fd(loss, params, direction, eps=1e-6)
         torch.testing.assert_close((gflat[i] * d).sum(), fd, rtol=1e-6, atol=1e-9)
 
@@ -98,19 +98,29 @@ def test_unrolled_gradient_matches_finite_differences(name):
 def test_deq_gradient_matches_unrolled_to_convergence(name):
     physics, x_true, y = problem(seed=2)
     grads = []
-    for deq in (None, DEQConfig(max_iter=2000, tol=1e-13, max_iter_backward=2000,
-                                tol_backward=1e-13)):
+    for deq in (
+        None,
+        DEQConfig(max_iter=2000, tol=1e-13, max_iter_backward=2000, tol_backward=1e-13),
+    ):
         torch.manual_seed(0)
         model = unfolded_builder(
-            name.upper(), params_algo=base_params(name), data_fidelity=L2(),
-            prior=prior_for(name), max_iter=600 if deq is None else 1, DEQ=deq,
+            name.upper(),
+            params_algo=base_params(name),
+            data_fidelity=L2(),
+            prior=prior_for(name),
+            max_iter=600 if deq is None else 1,
+            DEQ=deq,
             trainable_params=list(base_params(name)),
         )
         loss = ((model(y, physics) - x_true) ** 2).sum()
         g = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
         # a PnP prior ignores γλ: lambda_reg is unused (None) unrolled, zero through the DEQ
-        grads.append({n: torch.zeros_like(p) if gi is None else gi
-                      for (n, p), gi in zip(model.named_parameters(), g)})
+        grads.append(
+            {
+                n: torch.zeros_like(p) if gi is None else gi
+                for (n, p), gi in zip(model.named_parameters(), g)
+            }
+        )
     unrolled, implicit = grads
     for key in unrolled:
         torch.testing.assert_close(implicit[key], unrolled[key], rtol=1e-6, atol=1e-9)
@@ -141,12 +151,22 @@ def test_deq_anderson_matches_plain_iteration():
     out = {}
     for label, cfg in {
         "plain": DEQConfig(max_iter=2000, tol=1e-12, max_iter_backward=2000, tol_backward=1e-12),
-        "anderson": DEQConfig(anderson_acceleration_forward=True,
-                              anderson_acceleration_backward=True, max_iter=500, tol=1e-12,
-                              max_iter_backward=500, tol_backward=1e-12),
+        "anderson": DEQConfig(
+            anderson_acceleration_forward=True,
+            anderson_acceleration_backward=True,
+            max_iter=500,
+            tol=1e-12,
+            max_iter_backward=500,
+            tol_backward=1e-12,
+        ),
     }.items():
-        model = unfolded_builder("ADMM", params_algo=base_params("admm"), prior=prior_for("admm"),
-                                 DEQ=cfg, trainable_params=["stepsize", "lambda_reg"])
+        model = unfolded_builder(
+            "ADMM",
+            params_algo=base_params("admm"),
+            prior=prior_for("admm"),
+            DEQ=cfg,
+            trainable_params=["stepsize", "lambda_reg"],
+        )
         x = model(y, physics)
         loss = ((x - x_true) ** 2).sum()
         out[label] = (x.detach(), torch.autograd.grad(loss, model.hyper.lambda_reg)[0])
@@ -160,8 +180,13 @@ def test_trainable_params_exact_and_user_inputs_untouched():
     trainable_list = list(trainable)
     params_algo = {"stepsize": 1.0, "g_param": [0.1, 0.2, 0.3], "lambda_reg": 2.0}
     snapshot = dict(params_algo)
-    model = unfolded_builder("HQS", params_algo=params_algo, trainable_params=trainable_list,
-                             prior=PnP(TinyDenoiser()), max_iter=3)
+    model = unfolded_builder(
+        "HQS",
+        params_algo=params_algo,
+        trainable_params=trainable_list,
+        prior=PnP(TinyDenoiser()),
+        max_iter=3,
+    )
     assert trainable_list == list(trainable) and params_algo == snapshot
     learnable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert learnable == {"hyper.stepsize", "hyper.sigma_denoiser", "prior.denoiser.conv.weight"}
@@ -169,16 +194,17 @@ def test_trainable_params_exact_and_user_inputs_untouched():
     assert set(buffers) == {"hyper.lambda_reg"} and float(buffers["hyper.lambda_reg"]) == 2.0
     assert model.hyper.sigma_denoiser.shape == (3,)
     with pytest.raises(ValueError, match="^unroll.unfolded: trainable_params \\['lambda_reg'\\]"):
-        unfolded_builder("PGD", params_algo={"stepsize": 1.0}, trainable_params=["lambda_reg"],
-                         prior=Tikhonov())
+        unfolded_builder(
+            "PGD", params_algo={"stepsize": 1.0}, trainable_params=["lambda_reg"], prior=Tikhonov()
+        )
     with pytest.raises(ValueError, match="^unroll.unfolded: unknown name in trainable_params"):
-        unfolded_builder("PGD", params_algo={"stepsize": 1.0}, trainable_params=["beta"],
-                         prior=Tikhonov())  # PGD has no relaxation
+        unfolded_builder(
+            "PGD", params_algo={"stepsize": 1.0}, trainable_params=["beta"], prior=Tikhonov()
+        )  # PGD has no relaxation
     with pytest.raises(ValueError, match="^unroll.unfolded: unknown parameter 'lamda'"):
         unfolded_builder("PGD", params_algo={"stepsize": 1.0, "lamda": 1.0}, prior=Tikhonov())
     with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2"):
-        unfolded_builder("PGD", params_algo={"stepsize": [1.0, 2.0]}, prior=Tikhonov(),
-                         max_iter=3)
+        unfolded_builder("PGD", params_algo={"stepsize": [1.0, 2.0]}, prior=Tikhonov(), max_iter=3)
     with pytest.raises(ValueError, match="^unroll.unfolded: unknown iteration"):
         unfolded_builder("NOPE", params_algo={"stepsize": 1.0}, prior=Tikhonov())
 
@@ -201,14 +227,15 @@ def test_builder_rejects_non_positive_hyperparameters(params_algo, message):
 
 def test_tensor_is_one_shared_value_and_list_length_is_checked():
     # DeepInverse's rule: a tensor is one value whatever its shape; only lists are per-iteration
-    model = unfolded_builder("PGD", params_algo={"stepsize": torch.ones(3)}, prior=Tikhonov(),
-                             max_iter=3)
+    model = unfolded_builder(
+        "PGD", params_algo={"stepsize": torch.ones(3)}, prior=Tikhonov(), max_iter=3
+    )
     assert model.hyper.stepsize.shape == (3,) and model.hyper.per_iteration_names == ()
     with pytest.raises(ValueError, match="^unroll.unfolded: parameter 'stepsize' has 2 per-"):
-        unfolded_builder("PGD", params_algo={"stepsize": [1.0, 1.0]}, prior=Tikhonov(),
-                         max_iter=3)
-    model = unfolded_builder("PGD", params_algo={"stepsize": list(torch.ones(3))},
-                             prior=Tikhonov(), max_iter=3)
+        unfolded_builder("PGD", params_algo={"stepsize": [1.0, 1.0]}, prior=Tikhonov(), max_iter=3)
+    model = unfolded_builder(
+        "PGD", params_algo={"stepsize": list(torch.ones(3))}, prior=Tikhonov(), max_iter=3
+    )
     assert model.hyper.stepsize.shape == (3,) and model.hyper.per_iteration_names == ("stepsize",)
 
 
@@ -221,17 +248,21 @@ def test_run_rejects_non_positive_stepsize():
 
 
 def test_parameter_dtype_follows_input():
-    model = unfolded_builder("PGD", params_algo={"stepsize": torch.tensor(0.5, dtype=DT)},
-                             prior=Tikhonov(), max_iter=2)
+    model = unfolded_builder(
+        "PGD", params_algo={"stepsize": torch.tensor(0.5, dtype=DT)}, prior=Tikhonov(), max_iter=2
+    )
     assert model.hyper.stepsize.dtype == DT  # not forced to float32
-    model32 = unfolded_builder("PGD", params_algo={"stepsize": 0.5, "lambda_reg": 0.3},
-                               prior=Tikhonov(), max_iter=2)
+    model32 = unfolded_builder(
+        "PGD", params_algo={"stepsize": 0.5, "lambda_reg": 0.3}, prior=Tikhonov(), max_iter=2
+    )
     physics, _, y = problem()
     out = model32(y, physics)  # float32 parameters, float64 data: computed in float64
     assert out.dtype == DT
     ref = unfold(algorithms.pgd(L2(), Tikhonov()), 2)(
         {"stepsize": torch.tensor(0.5, dtype=DT), "lambda_reg": torch.tensor(0.3, dtype=DT)},
-        y, physics)
+        y,
+        physics,
+    )
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)  # float32-rounded parameters
     out.sum().backward()
     assert model32.hyper.stepsize.grad.dtype == torch.float32
@@ -240,10 +271,15 @@ def test_parameter_dtype_follows_input():
 def test_per_iteration_vs_shared():
     physics, x_true, y = problem()
     k = 3
-    shared = unfolded_builder("PGD", params_algo={"stepsize": 0.4, "g_param": 0.2},
-                              prior=PnP(TinyDenoiser()), max_iter=k).double()
-    per_it = unfolded_builder("PGD", params_algo={"stepsize": [0.4] * k, "g_param": 0.2},
-                              prior=PnP(TinyDenoiser()), max_iter=k).double()
+    shared = unfolded_builder(
+        "PGD", params_algo={"stepsize": 0.4, "g_param": 0.2}, prior=PnP(TinyDenoiser()), max_iter=k
+    ).double()
+    per_it = unfolded_builder(
+        "PGD",
+        params_algo={"stepsize": [0.4] * k, "g_param": 0.2},
+        prior=PnP(TinyDenoiser()),
+        max_iter=k,
+    ).double()
     xs, xp = shared(y, physics), per_it(y, physics)
     torch.testing.assert_close(xs, xp, rtol=0, atol=0)
     ((xs - x_true) ** 2).sum().backward()
@@ -256,9 +292,13 @@ def test_per_iteration_vs_shared():
 
 def test_pure_apply_matches_module_and_backward():
     physics, x_true, y = problem()
-    model = unfolded_builder("DRS", params_algo={"stepsize": 0.5, "g_param": 0.1},
-                             trainable_params=["stepsize", "g_param"],
-                             prior=PnP(TinyDenoiser()), max_iter=3).double()
+    model = unfolded_builder(
+        "DRS",
+        params_algo={"stepsize": 0.5, "g_param": 0.1},
+        trainable_params=["stepsize", "g_param"],
+        prior=PnP(TinyDenoiser()),
+        max_iter=3,
+    ).double()
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def loss(p):
@@ -274,8 +314,9 @@ def test_vmap_over_a_batch_of_physics():
     phys = [problem(seed=s)[0] for s in range(3)]
     ys = torch.stack([problem(seed=s)[2][0] for s in range(3)])
     stacked = MatrixPhysics(torch.stack([p.matrix for p in phys]), phys[0].shape)
-    model = unfolded_builder("HQS", params_algo={"stepsize": 0.5, "g_param": 0.1},
-                             prior=PnP(TinyDenoiser()), max_iter=3).double()
+    model = unfolded_builder(
+        "HQS", params_algo={"stepsize": 0.5, "g_param": 0.1}, prior=PnP(TinyDenoiser()), max_iter=3
+    ).double()
     params = dict(model.named_parameters())
 
     def single(physics, y):
@@ -286,21 +327,37 @@ def test_vmap_over_a_batch_of_physics():
     torch.testing.assert_close(batched, looped)
     # and per-physics gradients of the kernel-like leaves
     gb = torch.func.vmap(torch.func.grad(lambda ph, y: single(ph, y).square().sum()))(stacked, ys)
-    gl = torch.stack([torch.func.grad(lambda ph, y: single(ph, y).square().sum())(p, y).matrix
-                      for p, y in zip(phys, ys)])
+    gl = torch.stack(
+        [
+            torch.func.grad(lambda ph, y: single(ph, y).square().sum())(p, y).matrix
+            for p, y in zip(phys, ys)
+        ]
+    )
     torch.testing.assert_close(gb.matrix, gl)
 
 
 def test_deq_rejects_per_iteration_parameters():
     with pytest.raises(ValueError, match="^unroll.unfolded: a DEQ has one set"):
-        unfolded_builder("PGD", params_algo={"stepsize": [0.1, 0.2]}, prior=Tikhonov(),
-                         max_iter=2, DEQ=DEQConfig())
+        unfolded_builder(
+            "PGD",
+            params_algo={"stepsize": [0.1, 0.2]},
+            prior=Tikhonov(),
+            max_iter=2,
+            DEQ=DEQConfig(),
+        )
 
 
 def test_unfolded_is_a_module_with_unfold_false_classical_run():
     physics, _, y = problem()
-    model = Unfolded("PGD", prior=Tikhonov(), params_algo={"stepsize": 0.3, "lambda_reg": 0.5},
-                     trainable_params=["stepsize"], max_iter=5000, unfold=False, tol=1e-12)
+    model = Unfolded(
+        "PGD",
+        prior=Tikhonov(),
+        params_algo={"stepsize": 0.3, "lambda_reg": 0.5},
+        trainable_params=["stepsize"],
+        max_iter=5000,
+        unfold=False,
+        tol=1e-12,
+    )
     assert not any(True for _ in model.parameters())
     x = model(y, physics)
     m = physics.matrix
@@ -315,17 +372,19 @@ def test_deq_with_cg_prox_under_torch_func_grad(name):
     from unroll import physics as P
 
     torch.manual_seed(3)
-    ph = P.Blur(torch.rand(3, 3, dtype=torch.float64) / 4, padding="valid", tol=1e-11,
-                max_iter=300)
+    ph = P.Blur(torch.rand(3, 3, dtype=torch.float64) / 4, padding="valid", tol=1e-11, max_iter=300)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     y = ph.A(x)
     params = {"stepsize": 1.0, "lambda_reg": 0.5}
     if name != "HQS":
         params["beta"] = 1.0
-    model = unfolded_builder(name, params_algo=params, prior=Tikhonov(),
-                             trainable_params=["stepsize", "lambda_reg"],
-                             DEQ=DEQConfig(max_iter=500, tol=1e-11, tol_backward=1e-11,
-                                           max_iter_backward=500)).double()
+    model = unfolded_builder(
+        name,
+        params_algo=params,
+        prior=Tikhonov(),
+        trainable_params=["stepsize", "lambda_reg"],
+        DEQ=DEQConfig(max_iter=500, tol=1e-11, tol_backward=1e-11, max_iter_backward=500),
+    ).double()
     ((model(y, ph) - x) ** 2).sum().backward()
     ref = {n: p.grad for n, p in model.named_parameters()}
     params = {n: p.detach() for n, p in model.named_parameters()}

@@ -187,7 +187,12 @@ def _warn_once(message: str, cause: tuple[str, str]) -> None:
             return
         seen[key] = 0
     warnings.warn_explicit(
-        message, ConvergenceWarning, filename, lineno, module=module, registry={},
+        message,
+        ConvergenceWarning,
+        filename,
+        lineno,
+        module=module,
+        registry={},
         module_globals=frame.f_globals,
     )
 
@@ -206,16 +211,24 @@ def reset_suppressed() -> None:
 # --------------------------------------------------------------------------- linear solves
 _REMEDY = {
     MAX_ITER: "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a "
-              "better-scaled operator)",
+    "better-scaled operator)",
     NON_FINITE: "The last finite iterate is returned. Check matvec and its inputs for NaN/Inf "
-                "(e.g. a diverging computation upstream)",
+    "(e.g. a diverging computation upstream)",
 }
 _ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
 
 
-def report_failure(name: str, info: SolveInfo, on_failure: str, breakdown: str = "",
-                   remedy: str = "", *, rtol: float | None = None, atol: float | None = None,
-                   maxiter: int | None = None) -> None:
+def report_failure(
+    name: str,
+    info: SolveInfo,
+    on_failure: str,
+    breakdown: str = "",
+    remedy: str = "",
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    maxiter: int | None = None,
+) -> None:
     """Apply the failure policy to the most severe failure in ``info`` (non-finite >
     breakdown > diverged > max_iter), with its residual and the remedy."""
     if on_failure == "ignore":
@@ -236,8 +249,11 @@ def report_failure(name: str, info: SolveInfo, on_failure: str, breakdown: str =
     elif worst == DIVERGED:
         detail = f"diverged{where} (residual {r:.3e}); the last good iterate is returned"
     else:
-        cap = f"at maxiter={maxiter}" if maxiter is not None else (
-            f"after {max(iters):.0f} iteration(s)")
+        cap = (
+            f"at maxiter={maxiter}"
+            if maxiter is not None
+            else (f"after {max(iters):.0f} iteration(s)")
+        )
         tol = "" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})"
         detail = f"stopped {cap} with residual {r:.3e} above the tolerance{tol}{where}"
     text = remedy or _REMEDY.get(worst, _REMEDY[MAX_ITER])

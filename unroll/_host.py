@@ -34,8 +34,7 @@ def in_vmap() -> bool:
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     return any(
-        i.key() == _FUNCTORCH.TransformType.Vmap
-        for i in retrieve_all_functorch_interpreters()
+        i.key() == _FUNCTORCH.TransformType.Vmap for i in retrieve_all_functorch_interpreters()
     )
 
 

@@ -107,46 +107,69 @@ class DEQConfig:
 
     def __post_init__(self) -> None:
         check_on_failure("DEQConfig", self.on_failure)
-        for name in ("jacobian_free", "anderson_acceleration_forward",
-                     "anderson_acceleration_backward", "batched"):
+        for name in (
+            "jacobian_free",
+            "anderson_acceleration_forward",
+            "anderson_acceleration_backward",
+            "batched",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"DEQConfig: {name} must be a bool, got {getattr(self, name)!r}.")
-        for name in ("history_size_forward", "history_size_backward", "max_iter",
-                     "max_iter_backward"):
+        for name in (
+            "history_size_forward",
+            "history_size_backward",
+            "max_iter",
+            "max_iter_backward",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DEQConfig: {name} must be an int >= 1, got {value!r}.")
         for name in ("beta_anderson_acc_forward", "beta_anderson_acc_backward"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                0 < value < float("inf")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 < value < float("inf"))
             ):
                 raise ValueError(f"DEQConfig: {name} must be a finite float > 0, got {value!r}.")
-        for name in ("eps_anderson_acc_forward", "eps_anderson_acc_backward", "tol",
-                     "tol_backward"):
+        for name in (
+            "eps_anderson_acc_forward",
+            "eps_anderson_acc_backward",
+            "tol",
+            "tol_backward",
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                0 <= value < float("inf")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value < float("inf"))
             ):
-                raise ValueError(
-                    f"DEQConfig: {name} must be a finite float >= 0, got {value!r}."
-                )
+                raise ValueError(f"DEQConfig: {name} must be a finite float >= 0, got {value!r}.")
         if self.stop_mode not in ("abs", "rel"):
             raise ValueError(
                 f"DEQConfig: stop_mode must be 'abs' or 'rel', got {self.stop_mode!r}."
             )
         if self.backward_solve is not None and not callable(self.backward_solve):
-            raise TypeError("DEQConfig: backward_solve must be a linear solver "
-                            "solve(matvec, b, **options) -> x, or None.")
+            raise TypeError(
+                "DEQConfig: backward_solve must be a linear solver "
+                "solve(matvec, b, **options) -> x, or None."
+            )
 
     def forward_solver(self) -> Callable[..., tuple[PyTree, FixedPointInfo]]:
         """The forward solver ``(f, z0, *args) -> (z, FixedPointInfo)`` this config names."""
-        common = dict(maxiter=self.max_iter, tol=self.tol, stop_mode=self.stop_mode,
-                      batched=self.batched, on_failure="ignore")  # deq reports it by name
+        common = dict(
+            maxiter=self.max_iter,
+            tol=self.tol,
+            stop_mode=self.stop_mode,
+            batched=self.batched,
+            on_failure="ignore",
+        )  # deq reports it by name
         if self.anderson_acceleration_forward:
             return functools.partial(
-                anderson, history_size=self.history_size_forward,
-                beta=self.beta_anderson_acc_forward, ridge=self.eps_anderson_acc_forward,
+                anderson,
+                history_size=self.history_size_forward,
+                beta=self.beta_anderson_acc_forward,
+                ridge=self.eps_anderson_acc_forward,
                 **common,
             )
         return functools.partial(fixed_point_iteration, **common)
@@ -155,13 +178,14 @@ class DEQConfig:
         """The linear solver of the adjoint system ``(I − Jᵀ) v = u`` this config names."""
         if self.backward_solve is not None:
             return self.backward_solve
-        common = dict(rtol=self.tol_backward, maxiter=self.max_iter_backward,
-                      batched=self.batched)
+        common = dict(rtol=self.tol_backward, maxiter=self.max_iter_backward, batched=self.batched)
         if self.anderson_acceleration_backward:
             return functools.partial(
-                solve_anderson, history_size=self.history_size_backward,
+                solve_anderson,
+                history_size=self.history_size_backward,
                 beta=self.beta_anderson_acc_backward,
-                anderson_ridge=self.eps_anderson_acc_backward, **common,
+                anderson_ridge=self.eps_anderson_acc_backward,
+                **common,
             )
         return functools.partial(solve_fixed_point, **common)
 
@@ -232,8 +256,14 @@ def deq(
             z = f(tree.detach(z), *args)
     else:
         implicit = _custom_fixed_point(  # F(z) = z − f(z): backward solves (I − Jᵀ) v = u
-            "deq", f, tuple(range(1, len(args) + 1)), False,
-            cfg.backward_solver(), cfg.on_failure, "deq (backward)", _BACKWARD_REMEDY,
+            "deq",
+            f,
+            tuple(range(1, len(args) + 1)),
+            False,
+            cfg.backward_solver(),
+            cfg.on_failure,
+            "deq (backward)",
+            _BACKWARD_REMEDY,
         )
         try:
             z = implicit(solver)(z0, *args)
@@ -244,8 +274,9 @@ def deq(
                 "lost. Pass it through deq(f, z0, *args) as an argument of f, or use unroll.DEQ "
                 "with an nn.Module."
             ) from None
-    report_fixed_point("deq (forward)", infos[0], cfg.tol, cfg.max_iter, cfg.on_failure,
-                       _FORWARD_REMEDY)
+    report_fixed_point(
+        "deq (forward)", infos[0], cfg.tol, cfg.max_iter, cfg.on_failure, _FORWARD_REMEDY
+    )
     return (z, infos[0]) if return_info else z
 
 
@@ -304,8 +335,15 @@ class DEQ(nn.Module):
         if isinstance(f, nn.Module) and params is not None:
             raise ValueError("DEQ: params are taken from the module f; pass params=None.")
         self.f = f
-        self.params = None if params is None else nn.ParameterDict(
-            {k: v if isinstance(v, nn.Parameter) else nn.Parameter(v) for k, v in params.items()}
+        self.params = (
+            None
+            if params is None
+            else nn.ParameterDict(
+                {
+                    k: v if isinstance(v, nn.Parameter) else nn.Parameter(v)
+                    for k, v in params.items()
+                }
+            )
         )
         self.config = DEQConfig() if config is None else config
 
@@ -321,6 +359,7 @@ class DEQ(nn.Module):
             params = dict(module.named_parameters())
             return deq(step, z0, params, *inputs, config=self.config, return_info=return_info)
         if self.params is not None:
-            return deq(self.f, z0, dict(self.params), *inputs, config=self.config,
-                       return_info=return_info)
+            return deq(
+                self.f, z0, dict(self.params), *inputs, config=self.config, return_info=return_info
+            )
         return deq(self.f, z0, *inputs, config=self.config, return_info=return_info)

@@ -272,8 +272,9 @@ class _Checks:
     def due(self, k: int) -> bool:
         return k >= self.next or k == self.maxiter
 
-    def record(self, k: int, r: torch.Tensor, thr: Any, fz: list[torch.Tensor],
-               size: torch.Tensor) -> bool:
+    def record(
+        self, k: int, r: torch.Tensor, thr: Any, fz: list[torch.Tensor], size: torch.Tensor
+    ) -> bool:
         """Record the residuals ``r`` of iteration ``k`` (``fz``: that iteration's output,
         ``size``: its absolute residual ``‖f(z) − z‖``); True when the loop should stop. A
         problem whose absolute residual is NaN/Inf or grew past ``DIVERGENCE_FACTOR`` times
@@ -296,13 +297,16 @@ class _Checks:
         # one host read: the worst unfinished residual / tolerance, and whether any problem
         # has failed or stopped (over the whole underlying batch inside vmap)
         ratio = (r / thr).masked_fill(stopped, 0)
-        summary = torch.stack([ratio.amax(), failed.any().to(ratio.dtype),
-                               stopped.any().to(ratio.dtype)])
+        summary = torch.stack(
+            [ratio.amax(), failed.any().to(ratio.dtype), stopped.any().to(ratio.dtype)]
+        )
         worst, any_failed, any_stopped = unwrap(summary).reshape(-1, 3).amax(0).tolist()
         if any_failed:
-            self.good = list(fz) if self.good is None else [
-                torch.where(_expand(~failed, f), f, g) for f, g in zip(fz, self.good)
-            ]
+            self.good = (
+                list(fz)
+                if self.good is None
+                else [torch.where(_expand(~failed, f), f, g) for f, g in zip(fz, self.good)]
+            )
         else:
             self.good = list(fz)
         if worst <= 1:
@@ -355,13 +359,16 @@ class _Checks:
         code = torch.where(done, CONVERGED, MAX_ITER)
         code = torch.where(failed & torch.isfinite(residual), DIVERGED, code)
         code = torch.where(failed & ~torch.isfinite(residual), NON_FINITE, code)
-        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0), residual, done, trace,
-                              code)
+        return FixedPointInfo(torch.gather(ks, 0, index).squeeze(0), residual, done, trace, code)
 
 
 # =========================================================================== plain iteration
 def _iterate(
-    fmap: _Map, maxiter: int, stop: _Stop, batched: bool, check_every: int | None,
+    fmap: _Map,
+    maxiter: int,
+    stop: _Stop,
+    batched: bool,
+    check_every: int | None,
     fixed: bool = False,
 ) -> tuple[PyTree, FixedPointInfo]:
     checks = _Checks(maxiter, check_every, fixed)
@@ -456,8 +463,9 @@ def fixed_point_iteration(
     _check_common(name, fmap.leaves0, maxiter, tol, batched, check_every)
     check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
-    z, info = _iterate(fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every,
-                       tol == 0)
+    z, info = _iterate(
+        fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every, tol == 0
+    )
     report_fixed_point(name, info, tol, maxiter, on_failure)
     return z, info
 
@@ -477,9 +485,7 @@ class _Flat:
             wdtype = torch.promote_types(wdtype, d)
         self.wdtype = torch.promote_types(wdtype, torch.float32)
         self.rows = leaves[0].shape[0] if batched else 1
-        self.sizes = [
-            (x.numel() // self.rows) * (2 if x.is_complex() else 1) for x in leaves
-        ]
+        self.sizes = [(x.numel() // self.rows) * (2 if x.is_complex() else 1) for x in leaves]
 
     def to_mat(self, leaves: list[torch.Tensor]) -> torch.Tensor:
         parts = [
@@ -500,8 +506,11 @@ class _Flat:
         return out
 
 
-_REAL = {torch.complex32: torch.float16, torch.complex64: torch.float32,
-         torch.complex128: torch.float64}
+_REAL = {
+    torch.complex32: torch.float16,
+    torch.complex64: torch.float32,
+    torch.complex128: torch.float64,
+}
 
 
 def _mixing_weights(
@@ -528,17 +537,17 @@ class _History(NamedTuple):
     @staticmethod
     def start(fx: torch.Tensor, g: torch.Tensor, m: int) -> _History:
         gs = g.unsqueeze(1).repeat(1, m, 1)
-        floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype,
-                           device=gs.device)
-        return _History(fx.unsqueeze(1).repeat(1, m, 1), gs, torch.ones_like(gs[:, :, :1]),
-                        floor)
+        floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype, device=gs.device)
+        return _History(fx.unsqueeze(1).repeat(1, m, 1), gs, torch.ones_like(gs[:, :, :1]), floor)
 
     def push(self, slot: int, fx: torch.Tensor, g: torch.Tensor) -> _History:
         if torch.is_grad_enabled() and (fx.requires_grad or self.fs.requires_grad):
             # differentiable (unrolled through the iterations): no in-place history
             idx = torch.tensor([slot], device=fx.device)
-            return self._replace(fs=self.fs.index_copy(1, idx, fx.unsqueeze(1)),
-                                 gs=self.gs.index_copy(1, idx, g.unsqueeze(1)))
+            return self._replace(
+                fs=self.fs.index_copy(1, idx, fx.unsqueeze(1)),
+                gs=self.gs.index_copy(1, idx, g.unsqueeze(1)),
+            )
         self.fs[:, slot] = fx
         self.gs[:, slot] = g
         return self
@@ -654,8 +663,18 @@ def anderson(
     _check_anderson(name, history_size, beta, ridge)
     check_on_failure(name, on_failure)
     _check_finite(name, "z0", fmap.leaves0)
-    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, _stop_rule(stop_mode, tol, batched),
-                        batched, check_every, history_size, beta, ridge, tol == 0)
+    z, info = _anderson(
+        fmap,
+        list(fmap.leaves0),
+        maxiter,
+        _stop_rule(stop_mode, tol, batched),
+        batched,
+        check_every,
+        history_size,
+        beta,
+        ridge,
+        tol == 0,
+    )
     report_fixed_point(name, info, tol, maxiter, on_failure)
     return z, info
 
@@ -668,7 +687,11 @@ _HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence 
 
 
 def report_fixed_point(
-    name: str, info: FixedPointInfo, tol: float | torch.Tensor, maxiter: int, on_failure: str,
+    name: str,
+    info: FixedPointInfo,
+    tol: float | torch.Tensor,
+    maxiter: int,
+    on_failure: str,
     remedy: str = _FP_REMEDY,
 ) -> None:
     """Apply the failure policy (:mod:`unroll._failure`) to a fixed-point solve: the most
@@ -685,11 +708,10 @@ def report_fixed_point(
     if worst == NON_FINITE:
         detail = f"met NaN or Inf{where}; the last finite iterate is returned"
     elif worst == DIVERGED:
-        detail = (f"diverged{where} (residual {r:.3e}, from {r0:.3e}); the last good "
-                  "iterate is returned")
+        detail = (
+            f"diverged{where} (residual {r:.3e}, from {r0:.3e}); the last good iterate is returned"
+        )
     else:
         tol_v = host_max(tol) if isinstance(tol, torch.Tensor) else tol
-        detail = (f"stopped at max_iter={maxiter}{where} with residual {r:.3e} above "
-                  f"tol={tol_v:.3e}")
+        detail = f"stopped at max_iter={maxiter}{where} with residual {r:.3e} above tol={tol_v:.3e}"
     report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
-

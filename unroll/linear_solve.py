@@ -152,9 +152,7 @@ def _check_args(
                 "got a 0-dim tensor."
             )
     for key, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
-            0 <= tol < math.inf
-        ):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 <= tol < math.inf):
             raise ValueError(f"{name}: {key} must be a finite number >= 0, got {tol!r}.")
     if maxiter is not None and (
         isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter <= 0
@@ -242,7 +240,11 @@ def _first_call(name: str, fn: Callable, x: PyTree, what: str) -> PyTree:
 
 
 def _setup(
-    name: str, matvec: MatVec, b: PyTree, opts: _Options, real_only: bool,
+    name: str,
+    matvec: MatVec,
+    b: PyTree,
+    opts: _Options,
+    real_only: bool,
     options: dict[str, Any],
 ) -> tuple[_Operator, list[torch.Tensor], int]:
     _check_options(name, options, _COMMON)
@@ -301,8 +303,14 @@ class _Dots:
     def sq(self, a: list[torch.Tensor]) -> torch.Tensor:
         return self.rdot(a, a)
 
-    def axpy(self, s: torch.Tensor, x: list[torch.Tensor], y: list[torch.Tensor],
-             sign: int = 1, expanded: bool = False):
+    def axpy(
+        self,
+        s: torch.Tensor,
+        x: list[torch.Tensor],
+        y: list[torch.Tensor],
+        sign: int = 1,
+        expanded: bool = False,
+    ):
         """``y + sign · s x`` with ``s`` a scalar per problem (``expanded``: already shaped by
         :meth:`expand` for leaves of equal rank)."""
         if self.single and (expanded or (not self.batched and not self.complex)):
@@ -384,16 +392,23 @@ class _Start(NamedTuple):
     thresh_sq: torch.Tensor
 
 
-def _start(name: str, matvec: MatVec, b: PyTree, opts: _Options, real_only: bool,
-           options: dict[str, Any]) -> _Start:
+def _start(
+    name: str, matvec: MatVec, b: PyTree, opts: _Options, real_only: bool, options: dict[str, Any]
+) -> _Start:
     """Validate, then build the operator, initial iterate and residual, and the loop driver."""
     op, x, maxiter = _setup(name, matvec, b, opts, real_only, options)
     bl = op.b_leaves
     dots = _Dots(opts.batched, bl)
     _check_finite(name, bl, x if opts.init is not None else [])
     r = bl if opts.init is None else [bb - ax for bb, ax in zip(bl, op(x))]
-    return _Start(op, x, r, dots, _Loop(bl[0], maxiter, opts.check_every),
-                  _threshold_sq(dots, bl, opts.rtol, opts.atol))
+    return _Start(
+        op,
+        x,
+        r,
+        dots,
+        _Loop(bl[0], maxiter, opts.check_every),
+        _threshold_sq(dots, bl, opts.rtol, opts.atol),
+    )
 
 
 def _info(
@@ -423,14 +438,30 @@ def _threshold_sq(dots: _Dots, b: list[torch.Tensor], rtol: float, atol: float):
     return torch.clamp(b_sq * rtol**2, min=atol**2)
 
 
-def _finish(name: str, spec: Any, x: list[torch.Tensor], info: SolveInfo, opts: _Options,
-            maxiter: int, breakdown: str = "", remedy: str = "") -> PyTree:
+def _finish(
+    name: str,
+    spec: Any,
+    x: list[torch.Tensor],
+    info: SolveInfo,
+    opts: _Options,
+    maxiter: int,
+    breakdown: str = "",
+    remedy: str = "",
+) -> PyTree:
     """The one result path: apply the failure policy, then return ``x`` (or ``(x, info)``)."""
     if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
         if remedy and not _host_any(info.reason == BREAKDOWN):
             remedy = ""  # the breakdown remedy only when a system broke down
-        report_failure(name, info, opts.on_failure, breakdown, remedy, rtol=opts.rtol,
-                       atol=opts.atol, maxiter=maxiter)
+        report_failure(
+            name,
+            info,
+            opts.on_failure,
+            breakdown,
+            remedy,
+            rtol=opts.rtol,
+            atol=opts.atol,
+            maxiter=maxiter,
+        )
     out = tree.unflatten(spec, x)
     return (out, info) if opts.return_info else out
 
@@ -494,15 +525,16 @@ def solve_cg(
     References:
         Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems", 1952.
     """
-    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-                    on_failure)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     return _cg("solve_cg", matvec, b, opts, options)
 
 
 _CG_BREAKDOWN = "pᵀAp ≤ 0: the operator is not symmetric positive definite"
-_CG_REMEDY = ("The last iterate before the breakdown is returned. Use solve_gmres or "
-              "solve_bicgstab for a non-symmetric or indefinite operator, solve_normal_cg for a "
-              "singular one, or add ridge=...")
+_CG_REMEDY = (
+    "The last iterate before the breakdown is returned. Use solve_gmres or "
+    "solve_bicgstab for a non-symmetric or indefinite operator, solve_normal_cg for a "
+    "singular one, or add ridge=..."
+)
 
 
 def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str, Any]):
@@ -644,8 +676,7 @@ def solve_normal_cg(
         True
     """
     name = "solve_normal_cg"
-    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-                    on_failure)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     _check_options(name, options, _COMMON)
     b_leaves = tree.leaves(b)
     _check_args(name, matvec, b_leaves, rtol, atol, maxiter, False, batched)
@@ -653,8 +684,9 @@ def solve_normal_cg(
     _check_finite(name, b_leaves, [] if init is None else tree.leaves(init))
     example = tree.zeros_like(b) if init is None else tree.zeros_like(init)
     try:
-        out, vjp_fn = _first_call(name, lambda e: torch.func.vjp(matvec, e), example,
-                                  "b" if init is None else "init")
+        out, vjp_fn = _first_call(
+            name, lambda e: torch.func.vjp(matvec, e), example, "b" if init is None else "init"
+        )
     except TypeError:
         raise
     except Exception as err:  # noqa: BLE001 - re-raised with guidance
@@ -729,17 +761,26 @@ def solve_bicgstab(
         Sci. Stat. Comput. 13(2), 1992.
     """
     name = "solve_bicgstab"
-    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-                    on_failure)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     op, x, r, dots, loop, thresh_sq = _start(name, matvec, b, opts, True, options)
     r_hat = r
     rs = dots.sq(r)
     one = torch.ones_like(rs)
     zeros = [torch.zeros_like(t) for t in r]
     fin0 = torch.isfinite(rs)
-    state = _BiCGState(x, r, zeros, zeros, one, one, one, rs, fin0 & (rs > thresh_sq),
-                       torch.where(fin0, CONVERGED, NON_FINITE),
-                       torch.zeros_like(rs, dtype=torch.long) if return_info else None)
+    state = _BiCGState(
+        x,
+        r,
+        zeros,
+        zeros,
+        one,
+        one,
+        one,
+        rs,
+        fin0 & (rs > thresh_sq),
+        torch.where(fin0, CONVERGED, NON_FINITE),
+        torch.zeros_like(rs, dtype=torch.long) if return_info else None,
+    )
 
     def step(s: _BiCGState) -> _BiCGState:
         act = s.active
@@ -765,16 +806,24 @@ def solve_bicgstab(
         return _BiCGState(
             [torch.where(m, a, o) for m, a, o in zip(keep, x_new, s.x)],
             [torch.where(m, a, o) for m, a, o in zip(keep, r_new, s.r)],
-            p, v, torch.where(ok, rho, s.rho), torch.where(ok, alpha, s.alpha),
-            torch.where(ok, omega, s.omega), rs, ok & (rs > thresh_sq), failed,
+            p,
+            v,
+            torch.where(ok, rho, s.rho),
+            torch.where(ok, alpha, s.alpha),
+            torch.where(ok, omega, s.omega),
+            rs,
+            ok & (rs > thresh_sq),
+            failed,
             None if s.count is None else s.count + act,
         )
 
     state, k = loop.run(step, state)
-    info = _info(state.count if state.count is not None else k, state.rs, thresh_sq,
-                 opts.fixed, state.failed)
-    return _finish(name, op.spec, state.x, info, opts, loop.maxiter,
-                   "a zero denominator (r̂ᵀr or r̂ᵀv = 0)")
+    info = _info(
+        state.count if state.count is not None else k, state.rs, thresh_sq, opts.fixed, state.failed
+    )
+    return _finish(
+        name, op.spec, state.x, info, opts, loop.maxiter, "a zero denominator (r̂ᵀr or r̂ᵀv = 0)"
+    )
 
 
 class _BiCGState(NamedTuple):
@@ -845,16 +894,23 @@ def solve_gmres(
     bl = op.b_leaves
     rs = dots.sq(r)
     fin0 = torch.isfinite(rs)
-    state = _GMRESState(x, r, rs, fin0 & (rs > thresh_sq), 0,
-                        torch.where(fin0, CONVERGED, NON_FINITE),
-                        torch.zeros_like(rs, dtype=torch.long) if return_info else None)
+    state = _GMRESState(
+        x,
+        r,
+        rs,
+        fin0 & (rs > thresh_sq),
+        0,
+        torch.where(fin0, CONVERGED, NON_FINITE),
+        torch.zeros_like(rs, dtype=torch.long) if return_info else None,
+    )
 
     def cycle(s: _GMRESState) -> _GMRESState:
         m = min(restart, maxiter - s.used)
         act = s.active
         update = _arnoldi_lstsq(op, dots, s.r, s.rs, m)
-        x_new = [a + torch.where(dots.mask(act, u), u, torch.zeros_like(u))
-                 for a, u in zip(s.x, update)]
+        x_new = [
+            a + torch.where(dots.mask(act, u), u, torch.zeros_like(u)) for a, u in zip(s.x, update)
+        ]
         r_new = [bb - ax for bb, ax in zip(bl, op(x_new))]
         rs_new = dots.sq(r_new)
         ok = act & torch.isfinite(rs_new)  # NaN/Inf: keep the last finite iterate
@@ -863,7 +919,9 @@ def solve_gmres(
         return _GMRESState(
             [torch.where(k, a, o) for k, a, o in zip(keep, x_new, s.x)],
             [torch.where(k, a, o) for k, a, o in zip(keep, r_new, s.r)],
-            rs, ok & (rs > thresh_sq), s.used + m,
+            rs,
+            ok & (rs > thresh_sq),
+            s.used + m,
             torch.where(act & ~ok, NON_FINITE, s.failed),
             None if s.count is None else s.count + act * m,
         )
@@ -1007,9 +1065,16 @@ def _dense(
     # a residual above the tolerance after an exact factorisation: (nearly) singular
     failed = torch.where(res_sq <= thresh_sq, CONVERGED, BREAKDOWN)
     info = _info(1, res_sq, thresh_sq, opts.fixed, failed if not opts.fixed else None)
-    return _finish(name, op.spec, x, info, opts, 1,
-                   "the residual after the factorisation is above the tolerance: the "
-                   "operator is singular or ill-conditioned")
+    return _finish(
+        name,
+        op.spec,
+        x,
+        info,
+        opts,
+        1,
+        "the residual after the factorisation is above the tolerance: the "
+        "operator is singular or ill-conditioned",
+    )
 
 
 def _make_dense(
@@ -1105,20 +1170,26 @@ def _lu_solve(name: str, mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 solve_inv = _make_dense(
-    "solve_inv", _inv_solve,
+    "solve_inv",
+    _inv_solve,
     _DENSE_DOC.format(what="inverse", how="applies its explicit inverse", req="", name="solve_inv"),
 )
 solve_cholesky = _make_dense(
-    "solve_cholesky", _cholesky_solve,
+    "solve_cholesky",
+    _cholesky_solve,
     _DENSE_DOC.format(
-        what="Cholesky solve", how="solves with its Cholesky factor",
-        req="Must be symmetric (Hermitian) positive definite.", name="solve_cholesky",
+        what="Cholesky solve",
+        how="solves with its Cholesky factor",
+        req="Must be symmetric (Hermitian) positive definite.",
+        name="solve_cholesky",
     ),
 )
 solve_lu = _make_dense(
-    "solve_lu", _lu_solve,
-    _DENSE_DOC.format(what="LU solve", how="solves with its pivoted LU factors", req="",
-                      name="solve_lu"),
+    "solve_lu",
+    _lu_solve,
+    _DENSE_DOC.format(
+        what="LU solve", how="solves with its pivoted LU factors", req="", name="solve_lu"
+    ),
 )
 
 
@@ -1168,8 +1239,13 @@ def _linear_setup(name: str, matvec: Callable[[PyTree], PyTree], b: PyTree, opts
 
 
 def _linear_finish(
-    name: str, z: PyTree, info: FixedPointInfo, thresh: torch.Tensor, maxiter: int,
-    on_failure: str, return_info: bool,
+    name: str,
+    z: PyTree,
+    info: FixedPointInfo,
+    thresh: torch.Tensor,
+    maxiter: int,
+    on_failure: str,
+    return_info: bool,
 ):
     report_fixed_point(name, info, thresh, maxiter, on_failure)
     if return_info:
@@ -1230,8 +1306,7 @@ def solve_fixed_point(
         Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., §4.1 (Richardson).
     """
     name = "solve_fixed_point"
-    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-                    on_failure)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
     z, info = _iterate(fmap, maxiter, stop, batched, check_every, opts.fixed)
     return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)
@@ -1284,9 +1359,18 @@ def solve_anderson(
     """
     name = "solve_anderson"
     _check_anderson(name, history_size, beta, anderson_ridge)
-    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every,
-                    on_failure)
+    opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     fmap, stop, thresh, maxiter = _linear_setup(name, matvec, b, opts)
-    z, info = _anderson(fmap, list(fmap.leaves0), maxiter, stop, batched, check_every,
-                        history_size, beta, anderson_ridge, opts.fixed)
+    z, info = _anderson(
+        fmap,
+        list(fmap.leaves0),
+        maxiter,
+        stop,
+        batched,
+        check_every,
+        history_size,
+        beta,
+        anderson_ridge,
+        opts.fixed,
+    )
     return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info)

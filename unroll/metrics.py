@@ -48,6 +48,7 @@ __all__ = [
     "ssim",
 ]
 
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error ``mean |x_i − y_i|²``, shape ``(B,)``."""
     _check_pair("unroll.metrics.mse", x, y)

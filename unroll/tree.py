@@ -70,7 +70,6 @@ NAMESPACE = "unroll"
 """optree namespace in which unroll registers its own pytree classes (physics, states)."""
 
 
-
 # --------------------------------------------------------------------------- structure
 def leaves(tree: PyTree) -> list[torch.Tensor]:
     """The leaves of ``tree`` in optree's canonical order."""

@@ -67,6 +67,7 @@ __all__ = [
     "Unfolded",
 ]
 
+
 def unfold(
     algorithm: Algorithm,
     max_iter: int,
@@ -189,7 +190,6 @@ def _network(
     """:func:`unfold` for :class:`Unfolded`, whose ``unfold`` and ``DEQ`` arguments (the
     seeds' keyword names) shadow the functions inside its ``__init__``."""
     return unfold(algorithm, max_iter, deq=config, per_iteration=per_iteration)
-
 
 
 def _deq_map(algorithm: Algorithm) -> Callable:
@@ -405,9 +405,7 @@ class Unfolded(nn.Module):
         self.factory = _resolve(iteration)
         self.data_fidelity = L2() if data_fidelity is None else data_fidelity
         if prior is None:
-            raise ValueError(
-                f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN())."
-            )
+            raise ValueError(f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN()).")
         self.prior = prior
         check_count(api, "max_iter", max_iter)
         check_tol(api, tol)
@@ -460,7 +458,12 @@ class Unfolded(nn.Module):
         if self.unfold or self.deq_config is not None:
             return self._core(params, y, physics)
         return _alg.run(
-            self.algorithm, y, physics, params, self.max_iter, tol=self.tol,
+            self.algorithm,
+            y,
+            physics,
+            params,
+            self.max_iter,
+            tol=self.tol,
             per_iteration=self.hyper.per_iteration_names,
         )[0]
 

@@ -78,8 +78,10 @@ def _rewrite_sections(text: str) -> str:
                 out += [f"{indent}{b.strip()}" if b.strip() else "" for b in body]
                 i = after
                 continue
-        if re.match(r"^\s+[\w]+(,\s*[\w]+)*,\s*$", line) and i + 1 < len(lines) and re.match(
-            r"^\s+[\w]+(,\s*[\w]+)*\s*:\s", lines[i + 1]
+        if (
+            re.match(r"^\s+[\w]+(,\s*[\w]+)*,\s*$", line)
+            and i + 1 < len(lines)
+            and re.match(r"^\s+[\w]+(,\s*[\w]+)*\s*:\s", lines[i + 1])
         ):
             out.append(line.rstrip() + " " + lines[i + 1].strip())
             i += 2
@@ -205,7 +207,7 @@ class RstToMarkdown(griffe.Extension):
     def _resolve(self, name: str, obj: griffe.Object) -> str | None:
         """The documented path of ``name`` seen from ``obj``; None when it is not unroll's or
         not documented (private helpers): then it is shown as code."""
-        first, rest = name.split(".")[0], name[len(name.split(".")[0]):]
+        first, rest = name.split(".")[0], name[len(name.split(".")[0]) :]
         scope: griffe.Object | None = obj
         while scope is not None:  # the object, its class, its module, the package
             member = scope.members.get(first)
@@ -253,7 +255,7 @@ def _unshadow(module: griffe.Module) -> None:
             continue
         if not target_path.startswith(member.path + "."):
             continue
-        target = member.members.get(target_path[len(member.path) + 1:])
+        target = member.members.get(target_path[len(member.path) + 1 :])
         if target is None or target.is_module:
             continue
         module.set_member(name, griffe.Alias(name, target, parent=module))

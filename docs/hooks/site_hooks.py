@@ -94,8 +94,11 @@ def on_config(config, **kwargs):
     notebooks = os.path.join(config["docs_dir"], "notebooks")
     if choice in ("none", "stored"):
         jupyter.config["execute"] = False
-        empty = [name for name in sorted(os.listdir(notebooks))
-                 if name.endswith(".ipynb") and not _has_outputs(os.path.join(notebooks, name))]
+        empty = [
+            name
+            for name in sorted(os.listdir(notebooks))
+            if name.endswith(".ipynb") and not _has_outputs(os.path.join(notebooks, name))
+        ]
         if choice == "stored" and empty:
             raise PluginError(
                 f"UNROLL_DOCS_EXECUTE=stored, but {', '.join(empty)} hold no outputs: run them "

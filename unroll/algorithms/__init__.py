@@ -23,12 +23,36 @@ from unroll.algorithms.hqs import HQSState, hqs
 from unroll.algorithms.pdhg import PDHGState, pdhg
 from unroll.algorithms.pgd import PGDState, pgd
 
-ALGORITHMS = {"GD": gd, "PGD": pgd, "FISTA": fista, "HQS": hqs, "ADMM": admm, "DRS": drs,
-              "PDCP": pdhg, "PDHG": pdhg}
+ALGORITHMS = {
+    "GD": gd,
+    "PGD": pgd,
+    "FISTA": fista,
+    "HQS": hqs,
+    "ADMM": admm,
+    "DRS": drs,
+    "PDCP": pdhg,
+    "PDHG": pdhg,
+}
 """Algorithm factories by the names used by :func:`unroll.unfolded.unfolded_builder`."""
 
 __all__ = [
-    "ALGORITHMS", "ADMMState", "Algorithm", "DRSState", "FISTAState", "GDState", "HQSState",
-    "PDHGState", "PGDState", "RunInfo", "admm", "drs", "fista", "gd", "hqs", "params_at", "pdhg",
-    "pgd", "run",
+    "ALGORITHMS",
+    "ADMMState",
+    "Algorithm",
+    "DRSState",
+    "FISTAState",
+    "GDState",
+    "HQSState",
+    "PDHGState",
+    "PGDState",
+    "RunInfo",
+    "admm",
+    "drs",
+    "fista",
+    "gd",
+    "hqs",
+    "params_at",
+    "pdhg",
+    "pgd",
+    "run",
 ]

@@ -313,8 +313,7 @@ def check_hyperparameters(api: str, params: dict, *, tensors: bool = True) -> No
         name = ALIASES.get(key, key)
         if name in HYPERPARAMETERS and _non_finite(value, tensors):
             raise ValueError(
-                f"{api}: {key} must be finite, got {value!r}; pass a finite value, e.g. "
-                f"{key}=1.0."
+                f"{api}: {key} must be finite, got {value!r}; pass a finite value, e.g. {key}=1.0."
             )
         if name in POSITIVE and _out_of_range(value, True, tensors):
             raise ValueError(

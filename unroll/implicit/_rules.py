@@ -55,8 +55,9 @@ def _split_tensors(args: Sequence[PyTree]):
     Returns ``(tensor_leaves, rebuild)`` with ``rebuild(new_tensor_leaves) -> tuple(args)``.
     """
     leaves, spec = tree.flatten(tuple(args))
-    is_t = [isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
-            for x in leaves]
+    is_t = [
+        isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()) for x in leaves
+    ]
     tensors = [x for x, t in zip(leaves, is_t) if t]
 
     def rebuild(new: Sequence[torch.Tensor]) -> tuple:
@@ -79,8 +80,13 @@ def _call_solve(solve: Solve, matvec: Callable, b: PyTree, rep: _Report) -> PyTr
     if not _accepts(solve, "return_info"):
         x = solve(matvec, b)
         if _host_any(torch.stack([~torch.isfinite(t).all() for t in tree.leaves(x)])):
-            report(rep.label, "non_finite", "the linear solve returned NaN or Inf",
-                   (rep.remedy or _SOLVE_REMEDY) + ".", policy)
+            report(
+                rep.label,
+                "non_finite",
+                "the linear solve returned NaN or Inf",
+                (rep.remedy or _SOLVE_REMEDY) + ".",
+                policy,
+            )
         return x
     kwargs: dict[str, Any] = {"return_info": True}
     if _accepts(solve, "on_failure"):
@@ -115,12 +121,15 @@ def _nonfinite_cotangent(leaves: list[torch.Tensor], rep: _Report) -> bool:
     checks = [~torch.isfinite(t).all() for t in leaves if isinstance(t, torch.Tensor)]
     if not checks or not _host_any(torch.stack(checks)):
         return False
-    report(rep.label, "non_finite",
-           "the incoming gradient already holds NaN or Inf (produced upstream of this "
-           "implicit layer), so the gradient it returns is NaN",
-           "Find where the NaN starts (torch.autograd.set_detect_anomaly(True)); if an outer "
-           "DEQ or solver diverged, see its warning.",
-           rep.on_failure or "warn")
+    report(
+        rep.label,
+        "non_finite",
+        "the incoming gradient already holds NaN or Inf (produced upstream of this "
+        "implicit layer), so the gradient it returns is NaN",
+        "Find where the NaN starts (torch.autograd.set_detect_anomaly(True)); if an outer "
+        "DEQ or solver diverged, see its warning.",
+        rep.on_failure or "warn",
+    )
     return True
 
 
@@ -175,8 +184,7 @@ def root_vjp(
     """
     if on_failure is not None:
         check_on_failure("root_vjp", on_failure)
-    return _root_vjp(optimality_fn, sol, args, cotangent, solve,
-                     _Report("root_vjp", on_failure))
+    return _root_vjp(optimality_fn, sol, args, cotangent, solve, _Report("root_vjp", on_failure))
 
 
 def _root_vjp(optimality_fn, sol, args, cotangent, solve, rep: _Report) -> tuple[PyTree, ...]:
@@ -199,9 +207,7 @@ def _root_vjp(optimality_fn, sol, args, cotangent, solve, rep: _Report) -> tuple
         u = _call_solve(solve, matvec, tree.neg(cotangent), rep)
     if not tensors:
         return scatter([])
-    _, vjp_args = _vjp(
-        lambda *t: tree.leaves(optimality_fn(sol, *rebuild(t))), *tensors
-    )
+    _, vjp_args = _vjp(lambda *t: tree.leaves(optimality_fn(sol, *rebuild(t))), *tensors)
     return scatter(vjp_args(tree.leaves(u)))
 
 
@@ -240,8 +246,7 @@ def root_jvp(
     """
     if on_failure is not None:
         check_on_failure("root_jvp", on_failure)
-    return _root_jvp(optimality_fn, sol, args, tangents, solve,
-                     _Report("root_jvp", on_failure))
+    return _root_jvp(optimality_fn, sol, args, tangents, solve, _Report("root_jvp", on_failure))
 
 
 def _root_jvp(optimality_fn, sol, args, tangents, solve, rep: _Report) -> PyTree:
@@ -264,8 +269,9 @@ def _root_jvp(optimality_fn, sol, args, tangents, solve, rep: _Report) -> PyTree
 
     def matvec(v: PyTree) -> PyTree:
         def f_sol(*sl):
-            return tuple(tree.leaves(optimality_fn(tree.unflatten(sol_spec, list(sl)),
-                                                   *rebuild(tensors))))
+            return tuple(
+                tree.leaves(optimality_fn(tree.unflatten(sol_spec, list(sl)), *rebuild(tensors)))
+            )
 
         return tree.unflatten(sol_spec, list(_jvp(f_sol, tuple(sol_leaves), tuple(tree.leaves(v)))))
 
@@ -338,8 +344,9 @@ class _Plan:
     are rebuilt from their differentiable tensor leaves by ``rebuild_diff``.
     """
 
-    def __init__(self, optimality_fn, solve, sol_spec, n_sol, rest, nums, rebuild_diff,
-                 report: _Report):
+    def __init__(
+        self, optimality_fn, solve, sol_spec, n_sol, rest, nums, rebuild_diff, report: _Report
+    ):
         self.report = report
         self.optimality_fn = optimality_fn
         self.solve = solve
@@ -367,8 +374,7 @@ class _Plan:
             [torch.zeros_like(s) if c is None else c for s, c in zip(sol_leaves, cotangents)],
         )
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
-        return list(_root_vjp(self._bound(), sol, tuple(arg_tensors), cot, self.solve,
-                              self.report))
+        return list(_root_vjp(self._bound(), sol, tuple(arg_tensors), cot, self.solve, self.report))
 
     def jvp(self, sol_leaves, arg_tensors, tangents):
         sol = tree.unflatten(self.sol_spec, list(sol_leaves))
@@ -395,14 +401,14 @@ class _ImplicitIdentity(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         plan, *tensors = inputs
         ctx.plan = plan
-        ctx.save_for_backward(*output, *tensors[plan.n_sol:])
-        ctx.save_for_forward(*output, *tensors[plan.n_sol:])
+        ctx.save_for_backward(*output, *tensors[plan.n_sol :])
+        ctx.save_for_forward(*output, *tensors[plan.n_sol :])
 
     @staticmethod
     def backward(ctx, *grads):
         plan = ctx.plan
         saved = _alive(ctx.saved_tensors)
-        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
+        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol :]
         arg_grads = plan.vjp(sol, arg_tensors, grads) if arg_tensors else []
         return (None, *([None] * plan.n_sol), *arg_grads)
 
@@ -410,8 +416,8 @@ class _ImplicitIdentity(torch.autograd.Function):
     def jvp(ctx, _plan_tangent, *tangents):
         plan = ctx.plan
         saved = _alive(ctx.saved_tensors)
-        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol:]
-        return tuple(plan.jvp(sol, arg_tensors, tangents[plan.n_sol:]))
+        sol, arg_tensors = saved[: plan.n_sol], saved[plan.n_sol :]
+        return tuple(plan.jvp(sol, arg_tensors, tangents[plan.n_sol :]))
 
 
 def _alive(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -427,8 +433,9 @@ def _alive(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def _normalize_argnums(api: str, argnums: int | Sequence[int]) -> tuple[int, ...]:
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums or not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
-        raise TypeError(f"{api}: argnums must be an int or a non-empty tuple of ints, got "
-                        f"{argnums!r}.")
+        raise TypeError(
+            f"{api}: argnums must be an int or a non-empty tuple of ints, got {argnums!r}."
+        )
     if any(i == 0 for i in nums):
         raise ValueError(
             f"{api}: argnums=0 names the initial params, which are not differentiated; the "
@@ -605,12 +612,14 @@ def custom_fixed_point(
         >>> torch.allclose(g, torch.tensor(2.0, dtype=torch.float64))
         True
     """
-    return _custom_fixed_point("custom_fixed_point", fixed_point_fn, argnums, has_aux, solve,
-                               on_failure)
+    return _custom_fixed_point(
+        "custom_fixed_point", fixed_point_fn, argnums, has_aux, solve, on_failure
+    )
 
 
-def _custom_fixed_point(api, fixed_point_fn, argnums, has_aux, solve, on_failure=None,
-                        label=None, remedy=""):
+def _custom_fixed_point(
+    api, fixed_point_fn, argnums, has_aux, solve, on_failure=None, label=None, remedy=""
+):
     """:func:`custom_fixed_point` reporting backward failures under ``label`` (``deq`` passes
     ``"deq (backward)"``)."""
     if not callable(fixed_point_fn):
@@ -624,8 +633,9 @@ def _custom_fixed_point(api, fixed_point_fn, argnums, has_aux, solve, on_failure
     return _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure, label, remedy)
 
 
-def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, label=None,
-                 remedy=""):
+def _custom_root(
+    api, optimality_fn, argnums, has_aux, solve, on_failure=None, label=None, remedy=""
+):
     """:func:`custom_root` with the name (``label``) and remedy its backward failures are
     reported under (``deq`` passes ``"deq (backward)"``)."""
     if on_failure is not None:
@@ -657,8 +667,9 @@ def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, l
                 result = solver(*args, **kwargs)
             if has_aux:
                 if not (isinstance(result, tuple) and len(result) == 2):
-                    raise TypeError(f"{api}: has_aux=True needs the solver to return "
-                                    "(params, aux).")
+                    raise TypeError(
+                        f"{api}: has_aux=True needs the solver to return (params, aux)."
+                    )
                 sol, aux = result
                 aux = tree.detach(aux)
             else:
@@ -671,8 +682,16 @@ def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, l
             diff_args = [full[i] for i in nums]
             tensors, rebuild_diff, _ = _split_tensors(diff_args)
 
-            plan = _Plan(optimality_fn, solve, sol_spec, len(sol_leaves), full[1:], nums,
-                         rebuild_diff, report_as)
+            plan = _Plan(
+                optimality_fn,
+                solve,
+                sol_spec,
+                len(sol_leaves),
+                full[1:],
+                nums,
+                rebuild_diff,
+                report_as,
+            )
             _closure_check(api, plan, sol_leaves, full[1:])
             out = _ImplicitIdentity.apply(plan, *sol_leaves, *tensors)
             sol = tree.unflatten(sol_spec, list(out))
@@ -681,4 +700,3 @@ def _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure=None, l
         return wrapped
 
     return decorator
-

@@ -12,6 +12,21 @@ from unroll.optim.data_fidelity import L1, L2, soft_threshold
 from unroll.optim.prior import RED, L1Prior, PnP, Prior, Tikhonov, TVPrior
 
 __all__ = [
-    "ADMM", "DRS", "FISTA", "GD", "HQS", "L1", "L2", "PDCP", "PGD", "RED", "DEQConfig",
-    "L1Prior", "PnP", "Prior", "TVPrior", "Tikhonov", "soft_threshold",
+    "ADMM",
+    "DRS",
+    "FISTA",
+    "GD",
+    "HQS",
+    "L1",
+    "L2",
+    "PDCP",
+    "PGD",
+    "RED",
+    "DEQConfig",
+    "L1Prior",
+    "PnP",
+    "Prior",
+    "TVPrior",
+    "Tikhonov",
+    "soft_threshold",
 ]

@@ -34,8 +34,19 @@ from unroll.unfolded import Unfolded
 
 _UNSET = object()
 _KEYWORDS = (
-    "data_fidelity", "prior", "stepsize", "lambda_reg", "sigma_denoiser", "g_param", "beta",
-    "stepsize_dual", "max_iter", "unfold", "trainable_params", "DEQ", "tol",
+    "data_fidelity",
+    "prior",
+    "stepsize",
+    "lambda_reg",
+    "sigma_denoiser",
+    "g_param",
+    "beta",
+    "stepsize_dual",
+    "max_iter",
+    "unfold",
+    "trainable_params",
+    "DEQ",
+    "tol",
 )
 
 

@@ -48,8 +48,13 @@ class L2:
     """
 
     def __init__(self, sigma: float | Tensor = 1.0):
-        check_level("unroll.optim.L2", "sigma", sigma, strict=True,
-                    fix="Pass the measurement noise level, e.g. L2(sigma=1.0).")
+        check_level(
+            "unroll.optim.L2",
+            "sigma",
+            sigma,
+            strict=True,
+            fix="Pass the measurement noise level, e.g. L2(sigma=1.0).",
+        )
         self.sigma = sigma
 
     def __repr__(self) -> str:
@@ -113,8 +118,14 @@ class L1:
     def __init__(self, max_iter: int = 100, norm: float | None = None):
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"unroll.optim.L1: max_iter must be an int >= 1, got {max_iter!r}.")
-        check_level("unroll.optim.L1", "norm", norm, strict=True, allow_none=True,
-                    fix="Pass ‖A‖² (the largest eigenvalue of AᵀA), or None to estimate it.")
+        check_level(
+            "unroll.optim.L1",
+            "norm",
+            norm,
+            strict=True,
+            allow_none=True,
+            fix="Pass ‖A‖² (the largest eigenvalue of AᵀA), or None to estimate it.",
+        )
         self.max_iter = max_iter
         self.norm = norm
 

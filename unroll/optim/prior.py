@@ -103,8 +103,7 @@ class _DenoiserPrior(Prior):
             raise ValueError(
                 f"{api}: the denoiser needs a noise level; set sigma_denoiser (or g_param)."
             )
-        check_level(api, "sigma (the denoiser's noise level)", sigma, strict=False,
-                    fix=_SIGMA_FIX)
+        check_level(api, "sigma (the denoiser's noise level)", sigma, strict=False, fix=_SIGMA_FIX)
         use_weights = bool(weights) and isinstance(self.denoiser, nn.Module)
         try:
             if use_weights:
@@ -224,8 +223,10 @@ class TVPrior(Prior):
         if isinstance(gamma, Tensor) and not gamma.is_floating_point():
             gamma = gamma.to(x.real.dtype)
         # 8γ, with +inf where γ = 0 (its dual step is then zero and u stays x)
-        step_den = 8 * gamma if not isinstance(gamma, Tensor) else torch.where(
-            gamma > 0, 8 * gamma, torch.full_like(gamma, torch.inf)
+        step_den = (
+            8 * gamma
+            if not isinstance(gamma, Tensor)
+            else torch.where(gamma > 0, 8 * gamma, torch.full_like(gamma, torch.inf))
         )
         p = torch.zeros((2, *x.shape), dtype=x.dtype, device=x.device)
         q, t = p, 1.0

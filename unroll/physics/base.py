@@ -142,7 +142,9 @@ class LinearPhysics:
         probe = LinearPhysics.__new__(LinearPhysics)
         settings = {k: changes.get(k, getattr(self, k)) for k in (*_SETTINGS, "noise_model")}
         probe._init_settings(
-            settings["noise_model"], settings["max_iter"], settings["tol"],
+            settings["noise_model"],
+            settings["max_iter"],
+            settings["tol"],
             settings["implicit_backward_solver"],
         )
         for key, value in changes.items():
@@ -218,8 +220,10 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
-        return cast(torch.Tensor, _least_squares(self, y, z, gamma, gamma_checked=True,
-                                                 **opts.least_squares_kwargs()))
+        return cast(
+            torch.Tensor,
+            _least_squares(self, y, z, gamma, gamma_checked=True, **opts.least_squares_kwargs()),
+        )
 
     def A_dagger(
         self,
@@ -239,8 +243,7 @@ class LinearPhysics:
         opts = check_solve_options(
             api, max_iter, tol, implicit_backward_solver, on_failure, unknown
         )
-        return cast(torch.Tensor, least_squares(self, y, None, None,
-                                                **opts.least_squares_kwargs()))
+        return cast(torch.Tensor, least_squares(self, y, None, None, **opts.least_squares_kwargs()))
 
     # ------------------------------------------------------------------ precision / device
     def to(
@@ -390,7 +393,8 @@ class ComposedPhysics(LinearPhysics):
             outer.noise_model if noise_model is _DEFAULT else noise_model,
             outer.max_iter if max_iter is None else max_iter,
             outer.tol if tol is None else tol,
-            outer.implicit_backward_solver if implicit_backward_solver is None
+            outer.implicit_backward_solver
+            if implicit_backward_solver is None
             else implicit_backward_solver,
         )
 

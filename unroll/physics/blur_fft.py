@@ -97,7 +97,7 @@ class BlurFFT(LinearPhysics):
         require_image(api, name, x)
         require_same_precision(api, "filter", self.filter, name, x)
         size = self.img_size
-        if tuple(x.shape[-len(size):]) != size:
+        if tuple(x.shape[-len(size) :]) != size:
             raise ValueError(
                 f"{api}: {name} has shape {tuple(x.shape)}, expected (B, *{size}) from img_size."
             )

@@ -61,6 +61,7 @@ _BACKWARD_REMEDY = (
     "implicit_backward_solver=False"
 )
 
+
 def least_squares(
     physics: LinearOperator,
     y: torch.Tensor,
@@ -136,9 +137,18 @@ def least_squares(
         Hestenes & Stiefel, "Methods of conjugate gradients for solving linear systems", 1952.
         Blondel et al., "Efficient and modular implicit differentiation", NeurIPS 2022.
     """
-    return _least_squares(physics, y, z, gamma, init=init, max_iter=max_iter, tol=tol,
-                          implicit_backward_solver=implicit_backward_solver,
-                          return_info=return_info, on_failure=on_failure)
+    return _least_squares(
+        physics,
+        y,
+        z,
+        gamma,
+        init=init,
+        max_iter=max_iter,
+        tol=tol,
+        implicit_backward_solver=implicit_backward_solver,
+        return_info=return_info,
+        on_failure=on_failure,
+    )
 
 
 def _least_squares(
@@ -165,8 +175,10 @@ def _least_squares(
         )
     require_tensor(_API, "y", y)
     settings = _settings(physics, max_iter, tol, on_failure)
-    implicit = physics.implicit_backward_solver if implicit_backward_solver is None else (
-        implicit_backward_solver
+    implicit = (
+        physics.implicit_backward_solver
+        if implicit_backward_solver is None
+        else (implicit_backward_solver)
     )
     if not isinstance(implicit, bool):
         raise TypeError(f"{_API}: implicit_backward_solver must be True, False or None.")
@@ -201,8 +213,15 @@ def _least_squares(
         else:
             solver = functools.partial(_prox_cg, settings=settings)
         h, info = solver(start, z, y, gamma, physics)
-    report_failure(f"{_API} (forward)", info, settings.on_failure, remedy=_FORWARD_REMEDY,
-                   rtol=settings.tol, atol=0.0, maxiter=settings.max_iter)
+    report_failure(
+        f"{_API} (forward)",
+        info,
+        settings.on_failure,
+        remedy=_FORWARD_REMEDY,
+        rtol=settings.tol,
+        atol=0.0,
+        maxiter=settings.max_iter,
+    )
     return (h, info) if return_info else h
 
 
@@ -294,8 +313,14 @@ def _prox_cg(
         return torch.addcmul(normal(h), h, inv_g)  # AᵀA h + h/γ in one op
 
     return solve_cg(
-        matvec, rhs, init=init, rtol=settings.tol, maxiter=settings.max_iter, batched=True,
-        return_info=True, on_failure="ignore",  # reported by least_squares, by its name
+        matvec,
+        rhs,
+        init=init,
+        rtol=settings.tol,
+        maxiter=settings.max_iter,
+        batched=True,
+        return_info=True,
+        on_failure="ignore",  # reported by least_squares, by its name
     )
 
 
@@ -303,8 +328,14 @@ def _pinv_cg(
     init: torch.Tensor, y: torch.Tensor, physics: LinearOperator, *, settings: _Settings
 ) -> tuple[torch.Tensor, SolveInfo]:
     return solve_cg(
-        physics.normal_operator(init), physics.A_adjoint(y), init=init, rtol=settings.tol,
-        maxiter=settings.max_iter, batched=True, return_info=True, on_failure="ignore",
+        physics.normal_operator(init),
+        physics.A_adjoint(y),
+        init=init,
+        rtol=settings.tol,
+        maxiter=settings.max_iter,
+        batched=True,
+        return_info=True,
+        on_failure="ignore",
     )
 
 
@@ -329,11 +360,23 @@ def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False)
         if singular:
             op, rhs = (lambda u, base=op: base(base(u))), op(b)
         x, info = solve_cg(
-            op, rhs, rtol=settings.tol, maxiter=settings.max_iter, batched=True,
-            return_info=True, on_failure="ignore",
+            op,
+            rhs,
+            rtol=settings.tol,
+            maxiter=settings.max_iter,
+            batched=True,
+            return_info=True,
+            on_failure="ignore",
         )
-        report_failure(f"{_API} (backward)", info, settings.on_failure, remedy=_BACKWARD_REMEDY,
-                       rtol=settings.tol, atol=0.0, maxiter=settings.max_iter)
+        report_failure(
+            f"{_API} (backward)",
+            info,
+            settings.on_failure,
+            remedy=_BACKWARD_REMEDY,
+            rtol=settings.tol,
+            atol=0.0,
+            maxiter=settings.max_iter,
+        )
         return x
 
     return solve
@@ -390,5 +433,13 @@ def _implicit(residual, argnums: tuple[int, ...], solve, settings: _Settings):
     """``custom_root`` whose backward failures are reported as ``least_squares (backward)``."""
     from unroll.implicit._rules import _custom_root
 
-    return _custom_root("least_squares", residual, argnums, True, solve, settings.on_failure,
-                        f"{_API} (backward)", _BACKWARD_REMEDY)
+    return _custom_root(
+        "least_squares",
+        residual,
+        argnums,
+        True,
+        solve,
+        settings.on_failure,
+        f"{_API} (backward)",
+        _BACKWARD_REMEDY,
+    )
