@@ -542,7 +542,12 @@ def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str,
     # One system checked on the host every iteration runs unmasked; otherwise systems are
     # frozen by masks once converged (batched, inside vmap, or checked every k > 1 steps).
     if opts.batched or st.loop.check_every > 1 or _in_vmap():
-        x, rs, count, failed = _cg_masked(st, opts.return_info)
+        x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=False)
+        done = torch.isfinite(rs) if opts.fixed else rs <= st.thresh_sq
+        if not _host_any(done.all()):  # rare: a system stopped short, broke down or met NaN
+            # run again with per-step guards, which freeze a failing system at its last finite
+            # iterate and say why; the common path pays nothing for them (matvec must be pure)
+            x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=True)
     else:
         x, rs, count, failed = _cg_single(st)
     info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
@@ -595,12 +600,13 @@ class _CGState(NamedTuple):
     count: torch.Tensor | None
 
 
-def _cg_masked(st: _Start, count_iters: bool):
+def _cg_masked(st: _Start, count_iters: bool, guarded: bool):
     """CG on several systems (or under ``vmap``), converged systems frozen by masks.
 
-    A system that breaks down (``pᵀAp ≤ 0``) or meets NaN/Inf is frozen too, at its last
-    finite iterate (its step is zeroed and its residual kept); such a system ends inactive but
-    above its tolerance, which ``failed`` labels (non-finite if NaN/Inf was met).
+    ``guarded``: a system that breaks down (``pᵀAp ≤ 0``) or meets NaN/Inf is frozen too, at
+    its last finite iterate (its step is zeroed and its residual kept); such a system ends
+    inactive but above its tolerance, which ``failed`` labels (non-finite if NaN/Inf was met).
+    Unguarded, the step is plain masked CG (a NaN system drops out with a NaN residual).
     """
     op, x, r, dots, loop, thresh_sq = st
     tiny = torch.finfo(thresh_sq.dtype).tiny
@@ -612,21 +618,25 @@ def _cg_masked(st: _Start, count_iters: bool):
     def step(s: _CGState) -> _CGState:
         ap = op(s.p)
         pap = dots.rdot(s.p, ap)
-        ok = s.active & (pap > 0)  # frozen systems may have p = 0; NaN fails too
+        ok = s.active & (pap > 0) if guarded else s.active  # frozen systems may have p = 0
         alpha = torch.where(ok, s.rs / (pap + tiny), 0)
         if one:  # broadcast once for both updates
             alpha = dots.expand(alpha, ap[0])
         x = dots.axpy(alpha, s.p, s.x, expanded=one)  # unchanged where alpha = 0
-        r_new = dots.axpy(alpha, ap, s.r, sign=-1, expanded=one)
-        rs_new = dots.sq(r_new)
-        fin = torch.isfinite(rs_new)
-        ok = ok & fin
-        r = [torch.where(dots.mask(ok, a), a, o) for a, o in zip(r_new, s.r)]
+        r = dots.axpy(alpha, ap, s.r, sign=-1, expanded=one)
+        rs_new = dots.sq(r)
+        nonfin = s.nonfin
+        if guarded:  # keep the last finite residual of a failing system
+            fin = torch.isfinite(rs_new)
+            nonfin = nonfin | ~fin
+            ok = ok & fin
+            r = [torch.where(dots.mask(ok, a), a, o) for a, o in zip(r, s.r)]
         rs_new = torch.where(ok, rs_new, s.rs)
         p = dots.axpy(rs_new / (s.rs + tiny), s.p, r)
         count = None if s.count is None else s.count + s.active
         # frozen systems keep rs <= thresh; a failed one drops out above it
-        return _CGState(x, r, p, rs_new, ok & (rs_new > thresh_sq), s.nonfin | ~fin, count)
+        active = ok & (rs_new > thresh_sq) if guarded else rs_new > thresh_sq
+        return _CGState(x, r, p, rs_new, active, nonfin, count)
 
     state, k = loop.run(step, state)
     stopped = ~state.active & ~(state.rs <= thresh_sq)
