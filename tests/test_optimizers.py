@@ -290,3 +290,83 @@ def test_invalid_update_arguments():
         opt.update(z, opt.init(z), z)
     with pytest.raises(ValueError, match="no tensor leaves"):
         opt.init({})
+
+
+# --------------------------------------------------------------------------- rmsprop
+
+
+@pytest.mark.parametrize(
+    "alpha,eps,mom,centered",
+    [
+        (0.99, 1e-8, 0.0, False),
+        (0.9, 1e-3, 0.7, False),
+        (0.8, 1e-6, 0.0, True),
+        (0.9, 0.0, 0.5, True),
+    ],
+)
+def test_rmsprop_matches_torch(alpha, eps, mom, centered):
+    loss, p0 = _problem(6)
+    ours = _ours(optimizers.rmsprop(0.02, alpha, eps, momentum=mom, centered=centered), loss, p0)
+    ref = _torch(
+        lambda p: torch.optim.RMSprop(
+            p.values(), lr=0.02, alpha=alpha, eps=eps, momentum=mom, centered=centered
+        ),
+        loss,
+        p0,
+    )
+    _assert_traj(ours, ref)
+
+
+def test_rmsprop_nesterov_and_initial_scale_closed_form():
+    """One step by hand: s1 = α s0 + (1-α) g², u = g/(√s1+ε), b1 = u, d = u + μ b1."""
+    g = torch.tensor([0.5, -2.0], dtype=DT)
+    p = torch.tensor([1.0, 3.0], dtype=DT)
+    opt = optimizers.rmsprop(
+        0.1, alpha=0.9, eps=1e-3, momentum=0.6, nesterov=True, initial_scale=1.0
+    )
+    new_p, state = opt.update(g, opt.init(p), p)
+    s1 = 0.9 * 1.0 + 0.1 * g**2
+    u = g / (s1.sqrt() + 1e-3)
+    torch.testing.assert_close(new_p, p - 0.1 * (u + 0.6 * u), rtol=1e-14, atol=0)
+    torch.testing.assert_close(state.nu, s1, rtol=1e-14, atol=0)
+    assert state.mu is None
+
+
+def test_rmsprop_meta_gradient_finite_differences():
+    theta, x, y, xv, yv = _logistic_data(7)
+    lr = torch.tensor(0.05, dtype=DT)
+    factory = lambda s: optimizers.rmsprop(s, alpha=0.9, momentum=0.5, centered=True)  # noqa: E731
+    meta_loss = _logistic_meta_loss(factory, K=5)
+    got_theta, got_lr = grad(meta_loss, argnums=(0, 1))(theta, lr, x, y, xv, yv)
+    fd_theta = central_fd(lambda t: meta_loss(t, lr, x, y, xv, yv), theta, eps=1e-6)
+    fd_lr = central_fd(lambda s: meta_loss(theta, s, x, y, xv, yv), lr, eps=1e-6)
+    torch.testing.assert_close(got_theta, fd_theta, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got_lr, fd_lr, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: optimizers.rmsprop(-0.1), ValueError, "unroll.optimizers.rmsprop: `lr`"),
+        (lambda: optimizers.rmsprop(0.1, alpha=1.0), ValueError, "`alpha` must lie in"),
+        (lambda: optimizers.rmsprop(0.1, eps=-1.0), ValueError, "`eps`"),
+        (lambda: optimizers.rmsprop(0.1, momentum=1.2), ValueError, "`momentum`"),
+        (lambda: optimizers.rmsprop(0.1, centered=1), TypeError, "`centered` must be a bool"),
+        (lambda: optimizers.rmsprop(0.1, nesterov=True), ValueError, "needs `momentum`"),
+        (lambda: optimizers.rmsprop(0.1, initial_scale=-1.0), ValueError, "`initial_scale`"),
+    ],
+)
+def test_rmsprop_invalid_hyperparameters(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_rmsprop_update_does_not_modify_inputs():
+    loss, params = _problem(8)
+    opt = optimizers.rmsprop(0.1, momentum=0.9, centered=True)
+    state = opt.init(params)
+    params, state = opt.update(grad(loss)(params), state, params)
+    inputs = (grad(loss)(params), state, params)
+    snapshot = tree.map(torch.clone, inputs)
+    opt.update(*inputs)
+    assert tree.allclose(inputs, snapshot, rtol=0, atol=0)

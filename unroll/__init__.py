@@ -30,6 +30,15 @@ from unroll.implicit import (
     root_jvp,
     root_vjp,
 )
+from unroll.meta import (
+    MetaAdam,
+    MetaOptimizer,
+    MetaRMSProp,
+    MetaSGD,
+    extract_state_dict,
+    recover_state_dict,
+    stop_gradient,
+)
 
 __all__ = [
     "DEQ",
@@ -46,6 +55,13 @@ __all__ = [
     "custom_root",
     "data",
     "linear_solve",
+    "MetaAdam",
+    "MetaOptimizer",
+    "MetaRMSProp",
+    "MetaSGD",
+    "extract_state_dict",
+    "recover_state_dict",
+    "stop_gradient",
     "metrics",
     "models",
     "optim",

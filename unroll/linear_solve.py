@@ -416,7 +416,7 @@ def _info(
     res_sq: torch.Tensor,
     thresh_sq: torch.Tensor,
     fixed: bool,
-    failed: torch.Tensor | None = None,
+    failed: torch.Tensor | int | None = None,
 ) -> SolveInfo:
     """Diagnostics from the final squared residuals.
 
@@ -447,9 +447,12 @@ def _finish(
     maxiter: int,
     breakdown: str = "",
     remedy: str = "",
+    converged: bool | None = None,
 ) -> PyTree:
-    """The one result path: apply the failure policy, then return ``x`` (or ``(x, info)``)."""
-    if opts.on_failure != "ignore" and _host_any(info.reason != CONVERGED):
+    """The one result path: apply the failure policy, then return ``x`` (or ``(x, info)``).
+    ``converged``: already known on the host (saves a sync)."""
+    failed = not converged if converged is not None else _host_any(info.reason != CONVERGED)
+    if opts.on_failure != "ignore" and failed:
         if remedy and not _host_any(info.reason == BREAKDOWN):
             remedy = ""  # the breakdown remedy only when a system broke down
         report_failure(
@@ -548,15 +551,33 @@ def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str,
             # run again with per-step guards, which freeze a failing system at its last finite
             # iterate and say why; the common path pays nothing for them (matvec must be pure)
             x, rs, count, failed = _cg_masked(st, opts.return_info, guarded=True)
+        info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
     else:
-        x, rs, count, failed = _cg_single(st)
-    info = _info(count, rs, st.thresh_sq, opts.fixed, failed)
+        x, rs, count, code = _cg_single(st, opts.fixed)
+        info = SolveInfo(
+            torch.full_like(rs, count, dtype=torch.long),
+            rs.sqrt(),
+            torch.full_like(rs, code == CONVERGED, dtype=torch.bool),
+            torch.full_like(rs, code, dtype=torch.long),
+        )
+        return _finish(
+            name,
+            st.op.spec,
+            x,
+            info,
+            opts,
+            st.loop.maxiter,
+            _CG_BREAKDOWN,
+            _CG_REMEDY,
+            converged=code == CONVERGED,
+        )
     return _finish(name, st.op.spec, x, info, opts, st.loop.maxiter, _CG_BREAKDOWN, _CG_REMEDY)
 
 
-def _cg_single(st: _Start):
+def _cg_single(st: _Start, fixed: bool):
     """CG on one system, its convergence read on the host every iteration (one sync that
-    also reads ``pᵀAp``, so a breakdown or NaN stops the loop at the last finite iterate)."""
+    also reads ``pᵀAp``, so a breakdown or NaN stops the loop at the last finite iterate).
+    Returns ``(x, ‖r‖², iterations, reason code)``."""
     op, x, r, dots, loop, thresh_sq = st
     one = dots.single
     rs = dots.sq(r)
@@ -572,7 +593,7 @@ def _cg_single(st: _Start):
         x_new = dots.axpy(alpha, p, x, expanded=one)
         r = dots.axpy(alpha, ap, r, sign=-1, expanded=one)
         rs_new = dots.sq(r)
-        pap_v, rs_new_v = torch.stack((pap.detach(), rs_new.detach())).tolist()
+        pap_v, rs_new_v = torch.stack((pap, rs_new)).tolist()
         k += 1
         if not (0 < pap_v < math.inf):
             failed = BREAKDOWN if math.isfinite(pap_v) else NON_FINITE
@@ -583,8 +604,9 @@ def _cg_single(st: _Start):
         x = x_new
         p = dots.axpy(rs_new / rs, p, r)
         rs, rs_v = rs_new, rs_new_v
-    code = torch.full_like(rs, failed, dtype=torch.long)
-    return x, rs, torch.full_like(rs, k, dtype=torch.long), code
+    if failed == CONVERGED and rs_v > thresh and not fixed:
+        failed = MAX_ITER
+    return x, rs, k, failed
 
 
 class _CGState(NamedTuple):

@@ -18,7 +18,7 @@ Hyperparameters (``lr``, ``beta``, ``b1`` ...) may be Python numbers or tensors;
 that requires grad (a learned step size) receives its gradient like any other input. ``lr``
 may also be a pytree with the structure of ``params`` (one step size per parameter tensor,
 as in Meta-SGD). The trajectories equal ``torch.optim.SGD`` / ``torch.optim.Adam`` with the
-same settings.
+same settings, and :func:`rmsprop` equals ``torch.optim.RMSprop``.
 
 Example (MAML, one task, differentiating through 5 unrolled inner steps)::
 
@@ -41,6 +41,8 @@ Example (MAML, one task, differentiating through 5 unrolled inner steps)::
 References:
     Babuschkin et al., "The DeepMind JAX Ecosystem" (optax), 2020.
     Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    Tieleman & Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks for Machine
+    Learning, 2012.
     Sutskever et al., "On the importance of initialization and momentum in deep learning",
     ICML 2013.
     Finn et al., "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
@@ -64,8 +66,10 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "MomentumState",
+    "RMSPropState",
     "adam",
     "momentum",
+    "rmsprop",
     "sgd",
 ]
 
@@ -109,6 +113,20 @@ class AdamState(NamedTuple):
     count: torch.Tensor
     mu: PyTree
     nu: PyTree
+
+
+class RMSPropState(NamedTuple):
+    """State of :func:`rmsprop`.
+
+    Attributes:
+        nu: running average of the squared gradients (pytree like ``params``).
+        mu: running average of the gradients (``centered=True``), else ``None``.
+        momentum: the momentum buffer (``momentum`` given), else ``None``.
+    """
+
+    nu: PyTree
+    mu: PyTree
+    momentum: PyTree
 
 
 # --------------------------------------------------------------------------- validation
@@ -395,3 +413,120 @@ def _adam_direction(
     else:
         denom = torch.sqrt(v) / torch.sqrt(bc2) + eps
     return (lr / bc1) * (m / denom)
+
+
+# --------------------------------------------------------------------------- rmsprop
+def rmsprop(
+    lr: Scalar | PyTree,
+    alpha: Scalar = 0.99,
+    eps: Scalar = 1e-8,
+    momentum: Scalar = 0.0,
+    centered: bool = False,
+    nesterov: bool = False,
+    initial_scale: Scalar = 0.0,
+    eps_root: Scalar = 0.0,
+) -> GradientTransformation:
+    r"""RMSProp (Tieleman & Hinton), in PyTorch's convention.
+
+    .. math::
+        s_{k+1} = \alpha s_k + (1-\alpha) g_k^2, \qquad
+        \bar g_{k+1} = \alpha \bar g_k + (1-\alpha) g_k \quad (\text{centered}),
+
+        u_k = \frac{g_k}{\sqrt{s_{k+1} - \bar g_{k+1}^2 + \epsilon_{root}} + \epsilon}
+        \quad (\bar g \equiv 0 \text{ unless centered}),
+
+        b_{k+1} = \mu b_k + u_k, \qquad
+        \theta_{k+1} = \theta_k - \eta\, d_k, \qquad
+        d_k = \begin{cases} u_k & \mu = 0 \\ b_{k+1} & \text{momentum} \\
+                            u_k + \mu b_{k+1} & \text{Nesterov} \end{cases}
+
+    with :math:`s_0 = ` ``initial_scale``, :math:`\bar g_0 = 0`, :math:`b_0 = 0`.
+
+    Args:
+        lr: step size :math:`\eta > 0` (number, tensor, or pytree like ``params``; see
+            :func:`sgd`).
+        alpha: smoothing constant :math:`\alpha \in [0, 1)` (number or tensor).
+        eps: :math:`\epsilon \ge 0` added to the denominator.
+        momentum: momentum coefficient :math:`\mu \in [0, 1)`; ``0`` (the default) keeps no
+            momentum buffer.
+        centered: normalise by the estimated variance :math:`s - \bar g^2` instead of the
+            second moment :math:`s`.
+        nesterov: use Nesterov's look-ahead direction (needs ``momentum > 0``; TorchOpt's
+            option, not in ``torch.optim.RMSprop``).
+        initial_scale: initial value :math:`s_0 \ge 0` of the squared-gradient average
+            (PyTorch uses 0, TensorFlow 1.x uses 1).
+        eps_root: :math:`\epsilon_{root} \ge 0` added under the square root. Keep 0 to
+            match ``torch.optim.RMSprop``; a tiny value (e.g. ``1e-16``) keeps meta-gradients
+            finite when a gradient entry is exactly zero (see :func:`adam`).
+
+    Returns:
+        A :class:`GradientTransformation` with state :class:`RMSPropState`; with
+        ``nesterov=False``, ``initial_scale=0`` and ``eps_root=0`` it matches
+        ``torch.optim.RMSprop(lr=lr, alpha=alpha, eps=eps, momentum=momentum,
+        centered=centered)``.
+
+    Example:
+        >>> import torch
+        >>> opt = rmsprop(0.01, alpha=0.9)
+        >>> p = {"w": torch.zeros(2)}
+        >>> p, s = opt.update({"w": torch.tensor([1.0, -2.0])}, opt.init(p), p)
+        >>> p["w"]  # first step: -lr * g / sqrt((1 - alpha) g^2) = -lr * sign(g) / sqrt(0.1)
+        tensor([-0.0316,  0.0316])
+    """
+    api = "unroll.optimizers.rmsprop"
+    _check_lr(api, lr)
+    _check_unit(api, "alpha", alpha)
+    _check_nonneg(api, "eps", eps)
+    _check_unit(api, "momentum", momentum)
+    _check_nonneg(api, "initial_scale", initial_scale)
+    _check_nonneg(api, "eps_root", eps_root)
+    for name, flag in (("centered", centered), ("nesterov", nesterov)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{api}: `{name}` must be a bool, got {type(flag).__name__}.")
+    use_momentum = isinstance(momentum, torch.Tensor) or momentum != 0
+    if nesterov and not use_momentum:
+        raise ValueError(f"{api}: `nesterov=True` needs `momentum` > 0; pass e.g. momentum=0.9.")
+
+    def init(params: PyTree) -> RMSPropState:
+        _flatten_params(api, params)
+        nu = tree.map(lambda t: torch.zeros_like(t) + initial_scale, params)
+        mu = tree.zeros_like(params) if centered else None
+        buf = tree.zeros_like(params) if use_momentum else None
+        return RMSPropState(nu, mu, buf)
+
+    def update(grads: PyTree, state: RMSPropState, params: PyTree) -> tuple[PyTree, RMSPropState]:
+        _check_state(api, state, RMSPropState)
+        p, spec = _flatten_params(api, params)
+        if any(pi.is_complex() for pi in p):
+            raise TypeError(
+                f"{api}: complex parameters are not supported; optimise the real view "
+                "`torch.view_as_real(p)` instead."
+            )
+        g = _flat_like(api, "grads", grads, spec)
+        s = _flat_like(api, "state.nu", state.nu, spec)
+        lrs = _lr_leaves(api, lr, spec, len(p))
+        new_s = [alpha * si + (1 - alpha) * gi * gi for si, gi in zip(s, g)]
+        var = new_s
+        new_mu = None
+        if centered:
+            m = _flat_like(api, "state.mu", state.mu, spec)
+            new_mu = [alpha * mi + (1 - alpha) * gi for mi, gi in zip(m, g)]
+            var = [si - mi * mi for si, mi in zip(new_s, new_mu)]
+        if isinstance(eps_root, torch.Tensor) or eps_root != 0:
+            u = [gi / (torch.sqrt(vi + eps_root) + eps) for gi, vi in zip(g, var)]
+        else:
+            u = [gi / (torch.sqrt(vi) + eps) for gi, vi in zip(g, var)]
+        d, new_b = u, None
+        if use_momentum:
+            b = _flat_like(api, "state.momentum", state.momentum, spec)
+            new_b = [momentum * bi + ui for bi, ui in zip(b, u)]
+            d = [ui + momentum * bi for ui, bi in zip(u, new_b)] if nesterov else new_b
+        new_p = [pi - li * di for pi, di, li in zip(p, d, lrs)]
+        new_state = RMSPropState(
+            tree.unflatten(spec, new_s),
+            None if new_mu is None else tree.unflatten(spec, new_mu),
+            None if new_b is None else tree.unflatten(spec, new_b),
+        )
+        return tree.unflatten(spec, new_p), new_state
+
+    return GradientTransformation(init, update)

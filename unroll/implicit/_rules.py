@@ -97,6 +97,9 @@ def _call_solve(solve: Solve, matvec: Callable, b: PyTree, rep: _Report) -> PyTr
     return x
 
 
+_SOLVER_OPTIONS = ("return_info", "on_failure")
+
+
 def _configured_policy(solve: Solve) -> str:
     """The ``on_failure`` a ``functools.partial`` solver was configured with, else "warn"."""
     while isinstance(solve, functools.partial):
@@ -108,7 +111,13 @@ def _configured_policy(solve: Solve) -> str:
 
 def _accepts(fn: Callable, name: str) -> bool:
     """Whether ``fn`` takes a keyword ``name`` (no cache: a cache would keep every solver
-    closure, and the tensors it captures, alive)."""
+    closure, and the tensors it captures, alive; unroll's own solvers, possibly wrapped in
+    ``functools.partial``, are recognised without inspecting a signature)."""
+    base = fn
+    while isinstance(base, functools.partial):
+        base = base.func
+    if getattr(base, "__module__", None) == "unroll.linear_solve" and name in _SOLVER_OPTIONS:
+        return True
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
