@@ -2,8 +2,9 @@ r"""Imaging physics: linear forward operators as pytrees, and the least-squares 
 
 Every operator has ``A(x)``, ``A_adjoint(y)`` (explicit, exact adjoints), ``physics(x)``
 (noisy measurements), ``prox_l2(z, y, gamma)`` and ``A_dagger(y)``. Closed-form proxes where
-they exist (:class:`Denoising`, :class:`Inpainting`, :class:`MRI`, :class:`BlurFFT`); conjugate
-gradient with an O(1)-memory implicit backward (:func:`least_squares`) otherwise.
+they exist (:class:`Denoising`, :class:`Inpainting`, :class:`MRI`, :class:`BlurFFT`,
+:class:`Downsampling` with circular padding); conjugate gradient with an O(1)-memory
+implicit backward (:func:`least_squares`) otherwise.
 
 Example:
     >>> import torch
@@ -17,6 +18,7 @@ from unroll.physics.base import ComposedPhysics, LinearPhysics, compose
 from unroll.physics.blur import Blur, conv2d, conv_transpose2d, gaussian_blur
 from unroll.physics.blur_fft import BlurFFT
 from unroll.physics.compressed_sensing import CompressedSensing
+from unroll.physics.downsampling import Downsampling, bicubic_filter, bilinear_filter
 from unroll.physics.inpainting import Denoising, Inpainting
 from unroll.physics.mri import MRI, MultiCoilMRI, fft2c, ifft2c
 from unroll.physics.noise import GaussianNoise
@@ -29,12 +31,15 @@ __all__ = [
     "Denoising",
     "Blur",
     "BlurFFT",
+    "Downsampling",
     "Inpainting",
     "MRI",
     "MultiCoilMRI",
     "CompressedSensing",
     "GaussianNoise",
     "gaussian_blur",
+    "bicubic_filter",
+    "bilinear_filter",
     "conv2d",
     "conv_transpose2d",
     "fft2c",
