@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,10 @@ class DEQConfig:
         beta_anderson_acc_backward: Anderson damping of the backward.
         eps_anderson_acc_backward: relative Anderson regulariser of the backward.
         max_iter_backward: iteration cap of the backward solve.
+        beta_backward, eps_backward: DeepInverse 0.4.1's names of ``beta_anderson_acc_backward``
+            and ``eps_anderson_acc_backward``, accepted as keyword aliases (and readable /
+            writable as properties); giving an alias and its field with different values
+            raises a ``ValueError``.
         max_iter: iteration cap of the forward solve.
         tol: forward tolerance on the fixed-point residual (``stop_mode``).
         tol_backward: backward tolerance, ``‖v − Jᵀv − u‖ ≤ tol_backward·‖u‖``.
@@ -155,6 +160,24 @@ class DEQConfig:
                 "solve(matvec, b, **options) -> x, or None."
             )
 
+    @property
+    def beta_backward(self) -> float:
+        """Alias of :attr:`beta_anderson_acc_backward` (DeepInverse 0.4.1's name)."""
+        return self.beta_anderson_acc_backward
+
+    @beta_backward.setter
+    def beta_backward(self, value: float) -> None:
+        self.beta_anderson_acc_backward = value
+
+    @property
+    def eps_backward(self) -> float:
+        """Alias of :attr:`eps_anderson_acc_backward` (DeepInverse 0.4.1's name)."""
+        return self.eps_anderson_acc_backward
+
+    @eps_backward.setter
+    def eps_backward(self, value: float) -> None:
+        self.eps_anderson_acc_backward = value
+
     def forward_solver(self) -> Callable[..., tuple[PyTree, FixedPointInfo]]:
         """The forward solver ``(f, z0, *args) -> (z, FixedPointInfo)`` this config names."""
         common = dict(
@@ -188,6 +211,49 @@ class DEQConfig:
                 **common,
             )
         return functools.partial(solve_fixed_point, **common)
+
+
+_DEQ_ALIASES = {
+    "beta_backward": "beta_anderson_acc_backward",
+    "eps_backward": "eps_anderson_acc_backward",
+}
+
+
+def _accept_aliases(cls: type) -> None:
+    """Let ``cls.__init__`` take DeepInverse's keyword aliases of some fields."""
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        aliases = {a: kwargs.pop(a) for a in _DEQ_ALIASES if a in kwargs}
+        aliases = {a: v for a, v in aliases.items() if v is not None}  # None: not given
+        if aliases:
+            try:
+                given = signature.bind_partial(self, *args, **kwargs).arguments
+            except TypeError as err:
+                raise TypeError(f"DEQConfig: {err}") from None
+            for alias, value in aliases.items():
+                name = _DEQ_ALIASES[alias]
+                if name in given and given[name] != value:
+                    raise ValueError(
+                        f"DEQConfig: {alias}={value!r} and {name}={given[name]!r} name the same "
+                        f"setting ({alias} is DeepInverse's name of {name}); pass only one."
+                    )
+                if name not in given:
+                    kwargs[name] = value
+        init(self, *args, **kwargs)
+
+    params = list(signature.parameters.values())
+    params += [
+        inspect.Parameter(alias, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for alias in _DEQ_ALIASES
+    ]
+    __init__.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+_accept_aliases(DEQConfig)
 
 
 def deq(

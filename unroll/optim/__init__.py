@@ -1,15 +1,27 @@
 """Data fidelities, priors and the convenience algorithm classes.
 
-Data fidelities :class:`L2`, :class:`L1`; priors :class:`PnP`, :class:`RED`,
-:class:`Tikhonov`, :class:`L1Prior`, :class:`TVPrior`; modules :class:`GD`, :class:`PGD`,
-:class:`FISTA`, :class:`HQS`, :class:`ADMM`, :class:`DRS`, :class:`PDCP`; and
-:class:`DEQConfig` (re-exported from :mod:`unroll.equilibrium`).
+Data fidelities :class:`L2`, :class:`L1`, :class:`DataFidelity` (from a function); priors
+:class:`PnP`, :class:`RED`, :class:`Tikhonov`, :class:`L1Prior`, :class:`L12Prior`,
+:class:`TVPrior` (:func:`tv_prox`), :class:`ZeroPrior`, :class:`Prior` (``Prior(g=...)``);
+modules :class:`GD`, :class:`PGD`, :class:`FISTA`, :class:`HQS`, :class:`ADMM`, :class:`DRS`,
+:class:`PDCP`; and :class:`DEQConfig` (re-exported from :mod:`unroll.equilibrium`).
 """
 
 from unroll.equilibrium import DEQConfig
 from unroll.optim.classes import ADMM, DRS, FISTA, GD, HQS, PDCP, PGD
-from unroll.optim.data_fidelity import L1, L2, soft_threshold
-from unroll.optim.prior import RED, L1Prior, PnP, Prior, Tikhonov, TVPrior
+from unroll.optim.data_fidelity import L1, L2, DataFidelity, soft_threshold
+from unroll.optim.prior import (
+    RED,
+    L1Prior,
+    L12Prior,
+    PnP,
+    Prior,
+    Tikhonov,
+    TVPrior,
+    TVProxResult,
+    ZeroPrior,
+    tv_prox,
+)
 
 __all__ = [
     "ADMM",
@@ -22,11 +34,16 @@ __all__ = [
     "PDCP",
     "PGD",
     "RED",
+    "DataFidelity",
     "DEQConfig",
+    "L12Prior",
     "L1Prior",
     "PnP",
     "Prior",
     "TVPrior",
     "Tikhonov",
+    "TVProxResult",
+    "ZeroPrior",
+    "tv_prox",
     "soft_threshold",
 ]

@@ -10,10 +10,14 @@ References:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from unroll._failure import _ON_FAILURE_HINT, check_on_failure, report
+from unroll._host import host_values, try_bool
 from unroll.physics._utils import check_level
 
 Tensor = torch.Tensor
@@ -176,3 +180,222 @@ def _operator_norm_sq(physics: Any, like: Tensor, num_iter: int = 30) -> Tensor:
             lam = w.norm()
             v = w / lam
         return lam * 1.01
+
+
+# ---------------------------------------------------------------------- generic (autograd)
+def check_inner_options(
+    api: str, stepsize_inter: Any, max_iter_inter: Any, tol_inter: Any, on_failure: Any
+) -> None:
+    """Validate the inner gradient-descent options of a prox computed from a function."""
+    if stepsize_inter is not None:
+        check_level(
+            api,
+            "stepsize_inter",
+            stepsize_inter,
+            strict=True,
+            fix="Pass a positive step, or None for 1/(1 + γ·L).",
+        )
+    if (
+        isinstance(max_iter_inter, bool)
+        or not isinstance(max_iter_inter, int)
+        or max_iter_inter < 1
+    ):
+        raise ValueError(f"{api}: max_iter_inter must be an int >= 1, got {max_iter_inter!r}.")
+    if (
+        isinstance(tol_inter, bool)
+        or not isinstance(tol_inter, (int, float))
+        or not 0 <= tol_inter < math.inf
+    ):
+        raise ValueError(
+            f"{api}: tol_inter must be a finite number >= 0 (relative change of the inner "
+            f"iterates, e.g. 1e-6), got {tol_inter!r}."
+        )
+    check_on_failure(api, on_failure)
+
+
+def needs_graph(fn: Any, *tensors: Any) -> bool:
+    """Whether a gradient computed by autograd must itself be differentiable: grad mode is on
+    and an input tensor or a parameter of an ``nn.Module`` ``fn`` requires grad (tensors a
+    plain function captures are constants)."""
+    if not torch.is_grad_enabled():
+        return False
+    if any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
+        return True
+    return isinstance(fn, torch.nn.Module) and any(p.requires_grad for p in fn.parameters())
+
+
+def autograd_grad(fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool) -> Tensor:
+    """``∇ Σ fn(x)`` by autograd (``torch.autograd.grad``), with a graph when asked."""
+    with torch.enable_grad():
+        xr = x if (create_graph and x.requires_grad) else x.detach().requires_grad_()
+        out = fn(xr)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"the function must return a tensor (per sample (B,) or a scalar), got "
+                f"{type(out).__name__}."
+            )
+        (g,) = torch.autograd.grad(out.sum(), xr, create_graph=create_graph)
+    return g
+
+
+def gradient_descent_prox(
+    grad_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    gamma: float | Tensor,
+    step: float | Tensor,
+    max_iter: int,
+    tol: float,
+    name: str,
+    on_failure: str,
+) -> Tensor:
+    """``argmin_z γ h(z) + ½‖z − x‖²`` by ``z ← z − η (γ ∇h(z) + z − x)`` from ``z = x``,
+    until every sample's ``‖z_{k+1} − z_k‖ ≤ tol·‖z_{k+1}‖`` (one host read per iteration)
+    or ``max_iter`` iterations (reported as ``name`` through the failure policy)."""
+    z = x
+    change = torch.zeros(())
+    for _ in range(max_iter):
+        z_new = z - step * (gamma * grad_fn(z) + z - x)
+        with torch.no_grad():
+            if z.dim() == 0:
+                num, den = (z_new - z).abs(), z_new.abs()
+            else:
+                num = (z_new - z).reshape(z.shape[0], -1).norm(dim=1)
+                den = z_new.reshape(z.shape[0], -1).norm(dim=1)
+            change = num / den.clamp_min(torch.finfo(den.dtype).tiny)
+        z = z_new
+        if tol > 0 and try_bool((change <= tol).all()):
+            return z
+    if tol > 0:
+        values = host_values(change)
+        if not all(v <= tol for v in values):
+            finite = [v for v in values if math.isfinite(v)]
+            if len(finite) < len(values):
+                reason, detail = "non_finite", f"met NaN or Inf after {max_iter} iteration(s)"
+            else:
+                reason = "max_iter"
+                detail = (
+                    f"stopped at max_iter_inter={max_iter} with relative change "
+                    f"{max(finite):.3e} above tol_inter={tol:g}"
+                )
+            report(
+                name,
+                reason,
+                detail,
+                "Raise max_iter_inter, loosen tol_inter, or lower stepsize_inter (the inner "
+                "gradient descent diverges when stepsize_inter·(1 + γ·L) > 2, L the Lipschitz "
+                "constant of the gradient)." + _ON_FAILURE_HINT,
+                on_failure,
+            )
+    return z
+
+
+class DataFidelity:
+    r"""A data fidelity ``f(x) = d(A x, y)`` from a distance function, as DeepInverse's
+    ``DataFidelity(d=...)``.
+
+    ``d(u, y)`` returns per-sample values ``(B,)`` (or a scalar: their sum). Gradients are by
+    autograd: ``∇f(x) = Aᵀ ∇_u d(A x, y)``. The proxes are computed by gradient descent:
+
+    .. math:: \operatorname{prox}_{\gamma f}(z) = \arg\min_x \gamma f(x) +
+              \tfrac12\|x - z\|^2, \qquad x \leftarrow x - \eta\,(\gamma\nabla f(x)
+              + x - z),
+
+    from ``x = z``, until the relative change ``‖x_{k+1} − x_k‖/‖x_{k+1}‖ ≤ tol_inter`` (per
+    sample; one host read per iteration) or ``max_iter_inter`` iterations (then reported as
+    ``"DataFidelity.prox"`` through ``on_failure``). With ``∇d`` ``L_d``-Lipschitz the
+    iteration contracts by ``q = max |1 − η(1 + γ μ)|`` over the curvatures ``μ ∈ [0,
+    L_d‖A‖²]``, and the error is at most ``q/(1 − q)·tol_inter·‖x‖``. The default step
+    ``η = 1/(1 + γ L_d ‖A‖²)`` takes ``L_d = 1`` (``‖A‖²`` by 30 power iterations).
+
+    Args:
+        d: ``d(u, y) -> (B,)`` (a callable, e.g. an ``nn.Module``).
+        stepsize_inter: inner step ``η`` (None: the default above).
+        max_iter_inter: inner iteration cap (default 100).
+        tol_inter: inner relative-change tolerance (default 1e-6; 0: exactly
+            ``max_iter_inter`` iterations).
+        on_failure: an unconverged prox ``"warn"``, ``"raise"`` or ``"ignore"``.
+
+    Example:
+        >>> import torch
+        >>> from unroll.physics import Denoising
+        >>> f = DataFidelity(lambda u, y: 0.5 * ((u - y) ** 2).flatten(1).sum(1))
+        >>> z, y = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+        >>> f.prox(z, y, Denoising(None), gamma=1.0)   # as L2: (z + γ y)/(1 + γ)
+        tensor([[0.5000, 0.5000]], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        d: Callable[[Tensor, Tensor], Tensor] | None = None,
+        *,
+        stepsize_inter: float | None = None,
+        max_iter_inter: int = 100,
+        tol_inter: float = 1e-6,
+        on_failure: str = "warn",
+    ):
+        api = "unroll.optim.DataFidelity"
+        if d is None or not callable(d):
+            raise TypeError(
+                f"{api}: d must be a callable d(u, y) -> per-sample distances (B,), got "
+                f"{type(d).__name__}; e.g. DataFidelity(lambda u, y: ((u - y) ** 2).flatten(1)"
+                ".sum(1) / 2), or use L2 / L1."
+            )
+        check_inner_options(api, stepsize_inter, max_iter_inter, tol_inter, on_failure)
+        self._d = d
+        self.stepsize_inter = stepsize_inter
+        self.max_iter_inter = max_iter_inter
+        self.tol_inter = tol_inter
+        self.on_failure = on_failure
+
+    def __repr__(self) -> str:
+        return f"DataFidelity(d={self._d!r})"
+
+    def d(self, u: Tensor, y: Tensor) -> Tensor:
+        """Per-sample ``d(u, y)``."""
+        return self._d(u, y)
+
+    def d_grad(self, u: Tensor, y: Tensor) -> Tensor:
+        """``∇_u d(u, y)`` by autograd."""
+        return autograd_grad(lambda v: self._d(v, y), u, needs_graph(self._d, u, y))
+
+    def d_prox(self, u: Tensor, y: Tensor, gamma: Tensor | float) -> Tensor:
+        """``argmin_v γ d(v, y) + ½‖v − u‖²`` by gradient descent (step ``1/(1 + γ)`` unless
+        ``stepsize_inter`` is set)."""
+        _check_step("unroll.optim.DataFidelity.d_prox", gamma)
+        step = self.stepsize_inter if self.stepsize_inter is not None else 1 / (1 + gamma)
+        return gradient_descent_prox(
+            lambda v: self.d_grad(v, y),
+            u,
+            gamma,
+            step,
+            self.max_iter_inter,
+            self.tol_inter,
+            "DataFidelity.d_prox",
+            self.on_failure,
+        )
+
+    def value(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+        """Per-sample ``f(x) = d(A x, y)``."""
+        return self.d(physics.A(x), y)
+
+    def grad(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+        """``∇f(x) = Aᵀ ∇_u d(A x, y)``."""
+        return physics.A_adjoint(self.d_grad(physics.A(x), y))
+
+    def prox(self, z: Tensor, y: Tensor, physics: Any, gamma: Tensor | float) -> Tensor:
+        """``argmin_x γ d(A x, y) + ½‖x − z‖²`` by gradient descent (see the class)."""
+        _check_step("unroll.optim.DataFidelity.prox", gamma)
+        if self.stepsize_inter is not None:
+            step: Any = self.stepsize_inter
+        else:
+            step = 1 / (1 + gamma * _operator_norm_sq(physics, z))
+        return gradient_descent_prox(
+            lambda x: self.grad(x, y, physics),
+            z,
+            gamma,
+            step,
+            self.max_iter_inter,
+            self.tol_inter,
+            "DataFidelity.prox",
+            self.on_failure,
+        )
