@@ -427,7 +427,7 @@ def _info(
         num_iter = torch.full_like(res_sq, num_iter, dtype=torch.long)
     ok = torch.ones_like(res_sq, dtype=torch.bool) if fixed else res_sq <= thresh_sq
     code = torch.where(ok, CONVERGED, MAX_ITER)
-    if failed is not None:
+    if isinstance(failed, torch.Tensor):
         code = torch.where(failed != 0, failed, code)
     code = torch.where(torch.isfinite(res_sq) | (code != CONVERGED), code, NON_FINITE)
     return SolveInfo(num_iter, res_sq.sqrt(), code == CONVERGED, code)

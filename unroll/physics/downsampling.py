@@ -355,7 +355,7 @@ class Downsampling(LinearPhysics):
     def _fourier_ok(self) -> bool:
         """Whether the circular closed form applies (``H, W`` multiples of ``factor`` and a
         kernel no larger than the image)."""
-        if self.padding != "circular":
+        if self.padding != "circular" or self.filter is None:
             return False
         H, W = self.img_size[-2:]
         h, w = self.filter.shape[-2:]
@@ -366,6 +366,8 @@ class Downsampling(LinearPhysics):
         eigenvalues; full, not half, spectrum since decimation mixes ``u`` and ``−u``)."""
         H, W = self.img_size[-2:]
         k = self.filter
+        if k is None:
+            raise ValueError("Downsampling.otf: no filter (plain decimation has k̂ = 1).")
         h, w = k.shape[-2:]
         kp = F.pad(k, (0, W - w, 0, H - h))
         kp = torch.roll(kp, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1))
