@@ -31,10 +31,13 @@ SMALL = TrainConfig(iterations=2, depth=2, nf=4, channels=1, progress=False)
 
 def _state() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"w": torch.arange(1000, dtype=torch.float64),
-            "b": torch.randn(3, 4, dtype=torch.float64, generator=g),
-            "z": torch.randn(2, dtype=torch.complex128, generator=g),
-            "n": torch.tensor(7), "empty": torch.zeros(0, 5)}
+    return {
+        "w": torch.arange(1000, dtype=torch.float64),
+        "b": torch.randn(3, 4, dtype=torch.float64, generator=g),
+        "z": torch.randn(2, dtype=torch.complex128, generator=g),
+        "n": torch.tensor(7),
+        "empty": torch.zeros(0, 5),
+    }
 
 
 def _error(path: Path) -> str:
@@ -58,8 +61,9 @@ def test_round_trip_keeps_tensors_config_version_and_checksum(tmp_path):
         assert torch.equal(ckpt.state_dict[key], value), key
     assert ckpt.config["iterations"] == 2 and ckpt.config["depth"] == 2
     assert ckpt.unroll_version == ck.unroll_version() != ""
-    assert ckpt.extra["step"] == 12 and torch.equal(ckpt.extra["opt"]["exp_avg"], torch.ones(3,
-                                                    dtype=torch.float64))
+    assert ckpt.extra["step"] == 12 and torch.equal(
+        ckpt.extra["opt"]["exp_avg"], torch.ones(3, dtype=torch.float64)
+    )
     assert ckpt.sha256 == state_checksum({"state_dict": state, "extra": extra})
     raw = torch.load(tmp_path / "model.pt", weights_only=True)
     assert raw["format"] == FORMAT and set(raw) >= {"unroll_version", "config", "sha256"}
@@ -103,8 +107,9 @@ def test_config_mismatch_names_every_differing_field(tmp_path):
     assert "trained with iterations=5, this model has iterations=7" in msg
     assert "depth" not in msg and "cfg=None" in msg
     with pytest.raises(ValueError) as exc:
-        load_model(TrainConfig(**dict(vars(cfg5), depth=3, physics="inpainting")),
-                   tmp_path / "model.pt")
+        load_model(
+            TrainConfig(**dict(vars(cfg5), depth=3, physics="inpainting")), tmp_path / "model.pt"
+        )
     msg = str(exc.value)
     assert "depth=2" in msg and "depth=3" in msg
     assert "physics='blur'" in msg and "physics='inpainting'" in msg
@@ -146,19 +151,31 @@ def test_flipped_byte_in_tensor_data_fails_the_checksum(tmp_path):
 
 def test_tampered_checksum_entry_is_caught(tmp_path):
     state = _state()
-    torch.save({"format": FORMAT, "unroll_version": "0", "config": {}, "state_dict": state,
-                "extra": {}, "sha256": "0" * 64}, tmp_path / "model.pt")
+    torch.save(
+        {
+            "format": FORMAT,
+            "unroll_version": "0",
+            "config": {},
+            "state_dict": state,
+            "extra": {},
+            "sha256": "0" * 64,
+        },
+        tmp_path / "model.pt",
+    )
     assert "checksum does not match" in _error(tmp_path / "model.pt")
 
 
-@pytest.mark.parametrize("content, words", [
-    (lambda: _state(), "bare state_dict"),
-    (lambda: {"weights": [1, 2]}, "not an unroll checkpoint"),
-    (lambda: [torch.ones(2)], "not an unroll checkpoint"),
-    (lambda: {"format": "unroll-checkpoint/99", "unroll_version": "9.0"}, "newer unroll"),
-    (lambda: {"format": FORMAT, "state_dict": {}}, "lacks unroll_version, config, sha256"),
-    (lambda: {"format": FORMAT, "obj": _Opaque()}, "objects other than tensors"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (lambda: _state(), "bare state_dict"),
+        (lambda: {"weights": [1, 2]}, "not an unroll checkpoint"),
+        (lambda: [torch.ones(2)], "not an unroll checkpoint"),
+        (lambda: {"format": "unroll-checkpoint/99", "unroll_version": "9.0"}, "newer unroll"),
+        (lambda: {"format": FORMAT, "state_dict": {}}, "lacks unroll_version, config, sha256"),
+        (lambda: {"format": FORMAT, "obj": _Opaque()}, "objects other than tensors"),
+    ],
+)
 def test_files_that_are_not_checkpoints(tmp_path, content, words):
     torch.save(content(), tmp_path / "model.pt")
     assert words in _error(tmp_path / "model.pt")
@@ -194,8 +211,12 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 
 def test_temp_files_of_dead_writers_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f".model.pt.{int(dead.stdout)}.abcd.tmp"
     alive = tmp_path / f".model.pt.{os.getppid()}.abcd.tmp"  # a live writer: kept
     other = tmp_path / f".results.json.{int(dead.stdout)}.abcd.tmp"  # another file: kept
@@ -232,9 +253,12 @@ def test_sigkill_while_saving_never_leaves_a_half_written_checkpoint(tmp_path):
     rng = random.Random(1)
     step, mid_write = 0, 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, ck.__file__, str(path),
-                                 str(step)], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, ck.__file__, str(path), str(step)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         try:
             done = int(proc.stdout.readline())  # one complete save in this round
             time.sleep(rng.uniform(0.0, 0.3))

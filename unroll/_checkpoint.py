@@ -85,8 +85,10 @@ def plain_config(config: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     if not isinstance(config, Mapping):
-        raise TypeError(f"unroll save_checkpoint: config must be a dataclass or a mapping, got "
-                        f"{type(config).__name__}.")
+        raise TypeError(
+            f"unroll save_checkpoint: config must be a dataclass or a mapping, got "
+            f"{type(config).__name__}."
+        )
     return json.loads(json.dumps(dict(config), default=str))
 
 
@@ -149,7 +151,7 @@ def _stale_temp_files(path: Path) -> list[Path]:
     for tmp in path.parent.iterdir():
         if not (tmp.name.startswith(prefix) and tmp.name.endswith(".tmp")):
             continue
-        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             stale.append(tmp)
     return stale
@@ -213,11 +215,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
     """
     data = text.encode("utf-8")
-    return atomic_write(path, lambda handle: handle.write(data))
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(data)
+
+    return atomic_write(path, write)
 
 
-def save_checkpoint(path: str | Path, state_dict: Mapping[str, Any], config: Any = None, *,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    state_dict: Mapping[str, Any],
+    config: Any = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Save a model's state with its configuration, unroll's version and a checksum, atomically.
 
     Args:
@@ -232,9 +243,14 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, Any], config: Any
     """
     state = dict(state_dict)
     more = dict(extra or {})
-    payload = {"format": FORMAT, "unroll_version": unroll_version(),
-               "config": plain_config(config), "state_dict": state, "extra": more,
-               "sha256": state_checksum({"state_dict": state, "extra": more})}
+    payload = {
+        "format": FORMAT,
+        "unroll_version": unroll_version(),
+        "config": plain_config(config),
+        "state_dict": state,
+        "extra": more,
+        "sha256": state_checksum({"state_dict": state, "extra": more}),
+    }
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
@@ -261,26 +277,37 @@ def read_checkpoint(path: str | Path, api: str, map_location: Any = "cpu") -> Ch
     path = Path(path)
     where = f"{api}: cannot read checkpoint {path}"
     if not path.exists():
-        raise ValueError(f"{where}: no such file; check the path (a training run writes "
-                         "RUN/model.pt).")
+        raise ValueError(
+            f"{where}: no such file; check the path (a training run writes RUN/model.pt)."
+        )
     if path.is_dir():
-        raise ValueError(f"{where}: it is a folder; pass the checkpoint file inside it "
-                         "(e.g. RUN/model.pt).")
+        raise ValueError(
+            f"{where}: it is a folder; pass the checkpoint file inside it (e.g. RUN/model.pt)."
+        )
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"{where}: the file is empty (0 bytes) — it was probably cut off while "
-                         "saving; re-run training.")
+        raise ValueError(
+            f"{where}: the file is empty (0 bytes) — it was probably cut off while "
+            "saving; re-run training."
+        )
     payload = _torch_load(path, where, size, map_location)
     _check_layout(payload, where)
     stored = payload["sha256"]
     extra = payload.get("extra") or {}
     actual = state_checksum({"state_dict": payload["state_dict"], "extra": extra})
     if actual != stored:
-        raise ValueError(f"{where}: its checksum does not match its contents (stored sha256 "
-                         f"{str(stored)[:12]}…, computed {actual[:12]}…) — the file is damaged; "
-                         "re-run training or restore a copy.")
-    return Checkpoint(dict(payload["state_dict"]), dict(payload["config"]),
-                      str(payload["unroll_version"]), actual, dict(extra))
+        raise ValueError(
+            f"{where}: its checksum does not match its contents (stored sha256 "
+            f"{str(stored)[:12]}…, computed {actual[:12]}…) — the file is damaged; "
+            "re-run training or restore a copy."
+        )
+    return Checkpoint(
+        dict(payload["state_dict"]),
+        dict(payload["config"]),
+        str(payload["unroll_version"]),
+        actual,
+        dict(extra),
+    )
 
 
 def _torch_load(path: Path, where: str, size: int, map_location: Any) -> Any:
@@ -296,40 +323,58 @@ def _why_unreadable(path: Path, err: Exception, size: int) -> str:
     with open(path, "rb") as handle:
         head = handle.read(len(_ZIP_MAGIC))
     if head != _ZIP_MAGIC:
-        return (f"it is not a PyTorch checkpoint ({size} bytes of unrecognised content); pass "
-                "the model.pt written by a training run.")
+        return (
+            f"it is not a PyTorch checkpoint ({size} bytes of unrecognised content); pass "
+            "the model.pt written by a training run."
+        )
     if isinstance(err, pickle.UnpicklingError) and "Weights only" in str(err):
-        return ("it holds Python objects other than tensors and plain values, so it is not an "
-                "unroll checkpoint and is not loaded (weights_only=True); pass the model.pt "
-                "written by a training run.")
-    return (f"the file is truncated or damaged ({size} bytes; {type(err).__name__}) — it was "
-            "probably cut off while saving; re-run training.")
+        return (
+            "it holds Python objects other than tensors and plain values, so it is not an "
+            "unroll checkpoint and is not loaded (weights_only=True); pass the model.pt "
+            "written by a training run."
+        )
+    return (
+        f"the file is truncated or damaged ({size} bytes; {type(err).__name__}) — it was "
+        "probably cut off while saving; re-run training."
+    )
 
 
 def _check_layout(payload: Any, where: str) -> None:
-    if isinstance(payload, Mapping) and payload and "format" not in payload and all(
-            isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"{where}: it holds a bare state_dict without configuration or "
-                         "checksum, not an unroll checkpoint; re-run training, or load it "
-                         "yourself with model.load_state_dict(torch.load(path, "
-                         "weights_only=True)).")
+    if (
+        isinstance(payload, Mapping)
+        and payload
+        and "format" not in payload
+        and all(isinstance(v, torch.Tensor) for v in payload.values())
+    ):
+        raise ValueError(
+            f"{where}: it holds a bare state_dict without configuration or "
+            "checksum, not an unroll checkpoint; re-run training, or load it "
+            "yourself with model.load_state_dict(torch.load(path, "
+            "weights_only=True))."
+        )
     fmt = payload.get("format") if isinstance(payload, Mapping) else None
     if not isinstance(fmt, str) or not fmt.startswith(_FORMAT_PREFIX):
-        raise ValueError(f"{where}: it is not an unroll checkpoint (no 'format' entry "
-                         f"{FORMAT!r}); pass the model.pt written by a training run.")
+        raise ValueError(
+            f"{where}: it is not an unroll checkpoint (no 'format' entry "
+            f"{FORMAT!r}); pass the model.pt written by a training run."
+        )
     if fmt != FORMAT:
-        raise ValueError(f"{where}: it has format {fmt!r}, written by a newer unroll (version "
-                         f"{payload.get('unroll_version')}); this unroll ({unroll_version()}) "
-                         f"reads {FORMAT!r} — upgrade unroll.")
+        raise ValueError(
+            f"{where}: it has format {fmt!r}, written by a newer unroll (version "
+            f"{payload.get('unroll_version')}); this unroll ({unroll_version()}) "
+            f"reads {FORMAT!r} — upgrade unroll."
+        )
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
-        raise ValueError(f"{where}: it lacks {', '.join(missing)} — the file is damaged; re-run "
-                         "training.")
+        raise ValueError(
+            f"{where}: it lacks {', '.join(missing)} — the file is damaged; re-run training."
+        )
 
 
 # --------------------------------------------------------------------------- configurations
-def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
-                       fields: Iterable[str]) -> list[tuple[str, Any, Any]]:
+def config_differences(
+    saved: Mapping[str, Any], wanted: Mapping[str, Any], fields: Iterable[str]
+) -> list[tuple[str, Any, Any]]:
     """The fields whose saved and wanted values differ.
 
     A field missing from either side (a checkpoint from an older configuration) is skipped.
@@ -342,5 +387,8 @@ def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
     Returns:
         ``[(name, saved_value, wanted_value), ...]`` in the order of ``fields``.
     """
-    return [(name, saved[name], wanted[name]) for name in fields
-            if name in saved and name in wanted and saved[name] != wanted[name]]
+    return [
+        (name, saved[name], wanted[name])
+        for name in fields
+        if name in saved and name in wanted and saved[name] != wanted[name]
+    ]

@@ -1,10 +1,18 @@
 """The training pipeline behind ``python -m unroll demo|train``.
 
-Learns an unfolded network (an algorithm from :mod:`unroll.optim` with a DnCNN plug-and-play
-prior) for an imaging inverse problem on random crops of scikit-image's bundled natural
-images, compares it with the classical algorithm (TV-regularised FISTA with its weight tuned
-on training crops) on held-out crops, and writes a figure, a JSON of the figures and a
-checkpoint. Runs on one process or under ``torchrun`` (DistributedDataParallel).
+Learns a network (an unfolded algorithm from :mod:`unroll.optim` with a DnCNN plug-and-play
+prior, VarNet or MoDL) for an imaging inverse problem (blur, inpainting, denoising, single- and
+multi-coil MRI) on random crops of bundled images or of your own (``data``), compares it with
+the classical algorithm (TV-regularised FISTA, its weight tuned on training crops) on held-out
+crops, and writes a figure, a JSON of the figures, a per-step log and a checkpoint. Runs on one
+process or under ``torchrun`` (DistributedDataParallel).
+
+A run is four steps, each its own function: :func:`setup` (folders, data, physics, network,
+optimiser; a resumed run restores its checkpoint), :func:`fit` (the training loop, with a
+resumable checkpoint every ``save_every`` steps), :func:`evaluate_run` (held-out PSNR / SSIM
+against the measurement and the classical baseline) and :func:`save_run`. All randomness
+comes from explicit generators seeded by ``(seed, purpose, rank, step)``, so a resumed run
+ends with exactly the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,267 +21,599 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from unroll._checkpoint import (
-    atomic_write,
     atomic_write_text,
     config_differences,
     read_checkpoint,
     save_checkpoint,
     state_checksum,
 )
+from unroll._runlog import METRICS_FILE, MetricsLog, truncate_log
+from unroll._tasks import (
+    MODELS,
+    PHYSICS,
+    Data,
+    classical,
+    describe,
+    held_out_size,
+    is_mri,
+    learned_scalars,
+    make_data,
+    make_model,
+    make_physics,
+    measure,
+    recipe_value,
+    stream_seed,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "PHYSICS",
+    "MODELS",
+    "TrainConfig",
+    "train",
+    "setup",
+    "fit",
+    "evaluate_run",
+    "save_run",
+    "load_model",
+    "config_from_dict",
+    "previous_run",
+    "next_free_folder",
+    "make_model",
+    "make_physics",
+    "classical",
+]
 
 ALGORITHMS = ("GD", "PGD", "FISTA", "HQS", "ADMM", "DRS")
-PHYSICS = ("blur", "inpainting", "denoising")
+#: The settings whose default depends on the physics (see :data:`unroll._tasks.RECIPES`).
+RECIPE_FIELDS = ("algorithm", "iterations", "epochs", "lr", "init_stepsize", "init_smoothing")
 #: The TrainConfig fields that define the model (its architecture and the physics it inverts):
 #: a checkpoint loads only into a model whose configuration agrees on all of them.
-MODEL_FIELDS = ("algorithm", "iterations", "channels", "depth", "nf", "deq", "physics",
-                "noise", "blur_sigma")
-#: The files whose presence marks a folder as holding a finished run.
-RUN_FILES = ("model.pt", "results.json")
+MODEL_FIELDS = (
+    "model",
+    "algorithm",
+    "iterations",
+    "channels",
+    "depth",
+    "nf",
+    "deq",
+    "physics",
+    "noise",
+    "blur_sigma",
+    "acceleration",
+    "center_fraction",
+    "coils",
+    "init_stepsize",
+    "init_smoothing",
+)
+#: Fields that may differ between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = (
+    "out",
+    "progress",
+    "overwrite",
+    "threads",
+    "tensorboard",
+    "save_every",
+    "device",
+)
+#: The files whose presence marks a folder as holding a run (finished or interrupted).
+RUN_FILES = ("model.pt", "results.json", "checkpoint.pt", METRICS_FILE)
+CHECKPOINT = "checkpoint.pt"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (the ``train`` command's options)."""
+    """Settings of one training run (the ``train`` command's options, ``--flag-name`` for
+    ``flag_name``); immutable: derive variants with :func:`dataclasses.replace`.
 
-    algorithm: str = "HQS"
+    ``algorithm``, ``iterations``, ``epochs``, ``lr``, ``init_stepsize`` and ``init_smoothing`` left
+    unset (``None``) take the physics' recipe (:data:`unroll._tasks.RECIPES`) when the
+    configuration is made, so a saved configuration always holds the values used.
+    """
+
+    model: str = "unfolded"
+    algorithm: str | None = None
     physics: str = "blur"
-    iterations: int = 5
-    epochs: int = 6
+    iterations: int | None = None
+    epochs: int | None = None
     batch_size: int = 8
-    num_train: int = 256
+    num_train: int = 320
     num_test: int = 32
     crop_size: int = 40
+    test_crop_size: int | None = None
     channels: int = 3
     depth: int = 7
     nf: int = 32
-    lr: float = 2e-3
+    lr: float | None = None
     noise: float = 0.03
     blur_sigma: float = 1.5
+    acceleration: int = 4
+    center_fraction: float = 0.08
+    coils: int = 8
     cg_iters: int = 50
-    cg_tol: float = 1e-6
+    cg_tol: float = 1e-4
+    classical_iters: int = 100
+    init_stepsize: float | None = None
+    init_smoothing: float | None = None
     backward: str = "implicit"
     deq: bool = False
+    data: str | None = None
+    val_data: str | None = None
+    val_fraction: float = 0.2
     device: str = "cpu"
     threads: int = 1
     seed: int = 0
     out: str = "unroll-out"
+    save_every: int = 50
+    tensorboard: bool = False
     ddp: bool = False
     progress: bool = True
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        for name in RECIPE_FIELDS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, recipe_value(self.physics, name))
+
     def validate(self) -> None:
-        if self.algorithm.upper() not in ALGORITHMS:
-            raise ValueError(f"unroll train: --algorithm must be one of {ALGORITHMS}, got "
-                             f"{self.algorithm!r}.")
-        if self.physics not in PHYSICS:
-            raise ValueError(f"unroll train: --physics must be one of {PHYSICS}, got "
-                             f"{self.physics!r}.")
-        if self.backward not in ("implicit", "full"):
-            raise ValueError("unroll train: --backward must be 'implicit' or 'full'.")
-        for name in ("threads", "iterations", "epochs", "batch_size", "num_train", "num_test",
-                     "crop_size", "depth", "nf", "cg_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"unroll train: --{name.replace('_', '-')} must be >= 1.")
-        if self.channels not in (1, 3):
-            raise ValueError("unroll train: --channels must be 1 or 3.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("unroll train: --device cuda was asked for but CUDA is not "
-                             "available here; use --device cpu.")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"unroll train: --device must be 'cpu' or 'cuda[:N]', got "
-                             f"{self.device!r}.")
+        """Raise a ValueError naming the flag and the fix for the first invalid setting."""
+        for message in _problems(self):
+            raise ValueError(f"unroll train: {message}")
 
 
-# --------------------------------------------------------------------------- building blocks
-def make_physics(cfg: TrainConfig, device: torch.device):
-    """The forward operator with Gaussian noise."""
-    from unroll import physics as P
-
-    noise = P.GaussianNoise(cfg.noise)
-    implicit = cfg.backward == "implicit"
-    if cfg.physics == "blur":
-        kernel = P.gaussian_blur(cfg.blur_sigma).to(device)
-        return P.Blur(kernel, padding="replicate", noise_model=noise, max_iter=cfg.cg_iters,
-                      tol=cfg.cg_tol, implicit_backward_solver=implicit)
-    if cfg.physics == "inpainting":
-        g = torch.Generator().manual_seed(cfg.seed + 12345)
-        shape = (cfg.channels, cfg.crop_size, cfg.crop_size)
-        mask = (torch.rand(shape[1:], generator=g) > 0.5).to(torch.get_default_dtype())
-        return P.Inpainting(mask.expand(shape).to(device), noise_model=noise)
-    return P.Denoising(noise_model=noise)
+_POSITIVE_INTS = (
+    "iterations",
+    "epochs",
+    "batch_size",
+    "num_train",
+    "num_test",
+    "crop_size",
+    "nf",
+    "cg_iters",
+    "threads",
+    "acceleration",
+    "coils",
+    "classical_iters",
+)
+_POSITIVE_FLOATS = ("lr", "noise", "blur_sigma", "cg_tol")
 
 
-def make_model(cfg: TrainConfig) -> nn.Module:
-    """The unfolded network: ``cfg.algorithm`` with a DnCNN PnP prior."""
-    from unroll import optim
-    from unroll.equilibrium import DEQConfig
-    from unroll.models import DnCNN
-
-    cls = getattr(optim, cfg.algorithm.upper())
-    denoiser = DnCNN(in_channels=cfg.channels, out_channels=cfg.channels, depth=cfg.depth,
-                     nf=cfg.nf)
-    nn.init.zeros_(denoiser.out_conv.weight)  # start as the identity: the plain algorithm
-    prior = optim.PnP(denoiser)
-    extra = {"beta": 1.0} if cfg.algorithm.upper() in ("ADMM", "DRS") else {}
-    deq = DEQConfig(max_iter=max(30, cfg.iterations), tol=1e-4) if cfg.deq else None
-    return cls(unfold=True, data_fidelity=optim.L2(), prior=prior, stepsize=1.0,
-               sigma_denoiser=cfg.noise, lambda_reg=1.0, max_iter=cfg.iterations,
-               trainable_params=["stepsize"], DEQ=deq, **extra)
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def classical(cfg: TrainConfig, x_train: torch.Tensor, physics: Any, gen_seed: int):
-    """TV-regularised FISTA with its weight λ tuned by a grid search on training crops.
-
-    Returns ``(reconstruct, best_lambda)`` with ``reconstruct(y) -> x``.
-    """
-    from unroll import metrics, optim
-
-    torch.manual_seed(gen_seed)
-    y = physics(x_train)
-
-    def make(lam: float):
-        return optim.FISTA(data_fidelity=optim.L2(), prior=optim.TVPrior(n_it_max=20),
-                           stepsize=1.0, lambda_reg=lam, max_iter=60, unfold=False, tol=1e-5)
-
-    grid = [cfg.noise * f for f in (0.05, 0.1, 0.2, 0.4, 0.8)]
-    with torch.no_grad():
-        scores = [float(metrics.psnr(make(lam)(y, physics).clamp(0, 1), x_train).mean())
-                  for lam in grid]
-    best = grid[max(range(len(grid)), key=scores.__getitem__)]
-    model = make(best)
-
-    def reconstruct(y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(y, physics)
-
-    return reconstruct, best
-
-
-def measurement_image(y: torch.Tensor, physics: Any, like: torch.Tensor) -> torch.Tensor:
-    """The measurement shown as an image (``Aᵀy`` where ``y`` is not shaped like ``x``)."""
-    return y if y.shape == like.shape else physics.A_adjoint(y)
-
-
-# --------------------------------------------------------------------------- distributed
-def _ddp_setup(cfg: TrainConfig) -> tuple[int, int]:
-    if not cfg.ddp:
-        return 0, 1
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ:
-        raise ValueError(
-            "unroll train: --ddp must be launched by torchrun, e.g. "
-            "torchrun --nproc_per_node=2 -m unroll train --ddp"
+def _problems(cfg: TrainConfig):
+    """Every invalid setting of ``cfg``, as messages naming the flag."""
+    choices = (("model", MODELS), ("physics", PHYSICS), ("backward", ("implicit", "full")))
+    for name, allowed in choices:
+        if getattr(cfg, name) not in allowed:
+            yield f"{_flag(name)} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}."
+    if str(cfg.algorithm).upper() not in ALGORITHMS:
+        yield f"--algorithm must be one of {', '.join(ALGORITHMS)}; got {cfg.algorithm!r}."
+    for name in _POSITIVE_INTS:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            yield f"{_flag(name)} must be an integer >= 1; got {value!r}."
+    if not isinstance(cfg.depth, int) or cfg.depth < 2:
+        yield f"--depth must be an integer >= 2 (DnCNN layers); got {cfg.depth!r}."
+    for name in _POSITIVE_FLOATS:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            yield f"{_flag(name)} must be a finite number > 0; got {value!r}."
+    for name, top in (("center_fraction", "1]"), ("val_fraction", "1)")):
+        value = getattr(cfg, name)
+        inside = (
+            isinstance(value, (int, float))
+            and 0 < value
+            and (value <= 1 if top == "1]" else value < 1)
         )
-    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    if cfg.device.startswith("cuda"):
-        cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return dist.get_rank(), dist.get_world_size()
+        if not inside:
+            yield f"{_flag(name)} must be in (0, {top}; got {value!r}."
+    if not (
+        isinstance(cfg.init_stepsize, (int, float))
+        and math.isfinite(cfg.init_stepsize)
+        and cfg.init_stepsize > 0
+    ):
+        yield f"--init-stepsize must be a finite number > 0; got {cfg.init_stepsize!r}."
+    if not (isinstance(cfg.init_smoothing, (int, float)) and 0 <= cfg.init_smoothing <= 1):
+        yield f"--init-smoothing must be in [0, 1]; got {cfg.init_smoothing!r}."
+    if cfg.save_every < 0:
+        yield f"--save-every must be >= 0 (0: no intermediate checkpoints); got {cfg.save_every}."
+    if cfg.test_crop_size is not None and cfg.test_crop_size < 8:
+        yield f"--test-crop-size must be >= 8 (or unset); got {cfg.test_crop_size}."
+    if cfg.channels not in (1, 3):
+        yield f"--channels must be 1 or 3; got {cfg.channels!r}."
+    if cfg.deq and cfg.model != "unfolded":
+        yield f"--deq needs --model unfolded (got --model {cfg.model})."
+    yield from _path_problems(cfg)
+    yield from _device_problems(cfg.device)
+
+
+def _path_problems(cfg: TrainConfig):
+    if cfg.val_data and not cfg.data:
+        yield "--val-data needs --data (the training images)."
+    for name in ("data", "val_data"):
+        value = getattr(cfg, name)
+        if value and not Path(value).exists():
+            yield f"{_flag(name)} {value}: no such folder; pass a folder of " + (
+                "fastMRI .h5 files." if is_mri(cfg) else "PNG / JPEG / TIFF images."
+            )
+
+
+def _device_problems(device: str):
+    if device != "cpu" and not device.startswith("cuda"):
+        yield f"--device must be 'cpu' or 'cuda[:N]'; got {device!r}."
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        yield "--device cuda was asked for but CUDA is not available here; use --device cpu."
+
+
+class Run(NamedTuple):
+    """Everything :func:`fit` and :func:`evaluate_run` need, built once by :func:`setup`."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    data: Data
+    physics: Any
+    test_physics: Any
+    y_test: torch.Tensor
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total: int
+
+
+class TrainState(NamedTuple):
+    """Where training stands: steps done, the loss of each, the training time so far."""
+
+    step: int
+    losses: tuple[float, ...]
+    seconds: float
 
 
 # --------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate and save; returns the figures (also written to ``out/results.json``)."""
-    from unroll import data, metrics
+def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train, evaluate and save; returns the figures (also written to ``out/results.json``).
 
+    Args:
+        cfg: the run's settings.
+        resume: continue the interrupted run in ``cfg.out`` from its ``checkpoint.pt`` (its
+            configuration must agree with ``cfg`` except on :data:`RESUMABLE_CHANGES`).
+        stop_after: stop after this many steps, leaving a resumable checkpoint (as an
+            interruption would); the returned dict then holds ``stopped_at``.
+
+    Returns:
+        The results: PSNR / SSIM means, the tuned classical weight, training time, ...
+
+    Raises:
+        ValueError: an invalid setting (naming the flag), a folder holding another run, an
+            unreadable folder or checkpoint.
+
+    Example:
+        >>> cfg = TrainConfig(physics="inpainting", data="my_photos", out="runs/inp")
+        >>> results = train(cfg)  # doctest: +SKIP
+        >>> results["psnr_unfolded"] - results["psnr_classical"]  # doctest: +SKIP
+        0.4...
+    """
     cfg.validate()
+    before = _suppressed_total()
+    run, state = setup(cfg, resume=resume)
+    try:
+        state = fit(run, state, stop_after=stop_after)
+        if state.step < run.total:
+            return {
+                "config": dataclasses.asdict(cfg),
+                "stopped_at": state.step,
+                "steps": run.total,
+                "world_size": run.world,
+            }
+        results = evaluate_run(run, state) if run.rank == 0 else {}
+        results["world_size"] = run.world
+        if run.world > 1:  # every rank's checksum: the ranks must end with the same weights
+            results["state_sha256_per_rank"] = _gather(
+                state_checksum(run.model.state_dict()), run.world
+            )
+        if run.rank == 0:
+            results["suppressed_convergence_warnings"] = _suppressed_total() - before
+            save_run(run, results, state)
+            _print_suppressed(results["suppressed_convergence_warnings"])
+        return results
+    finally:
+        _ddp_teardown(run.world)
+
+
+# --------------------------------------------------------------------------- setup
+def setup(cfg: TrainConfig, *, resume: bool = False) -> tuple[Run, TrainState]:
+    """Folders, data, physics, network and optimiser of a run (restored from its checkpoint
+    when ``resume``).
+
+    Args:
+        cfg: the run's settings (validated).
+        resume: restore ``cfg.out/checkpoint.pt``.
+
+    Returns:
+        ``(run, state)``: the run, and the state training starts from.
+    """
     out = Path(cfg.out)
+    _check_out_folder(out, cfg, resume)
+    rank, world = _ddp_setup(cfg)
+    device = _device(cfg, rank)
+    _prepare_folder(out, rank, clear=cfg.overwrite and not resume)
+    data = make_data(cfg)
+    data = data._replace(train=data.train.to(device), test=data.test.to(device))
+    physics = make_physics(cfg, device, cfg.crop_size)
+    test_physics = make_physics(cfg, device, held_out_size(cfg))
+    y_test = measure(
+        test_physics,
+        data.test,
+        cfg.noise,
+        torch.Generator().manual_seed(stream_seed(cfg.seed, "test")),
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the global RNG is left as it was
+        torch.manual_seed(stream_seed(cfg.seed, "weights"))
+        model = make_model(cfg).to(device)
+    net = model
+    if world > 1:  # every parameter takes part in every step: no unused-parameter search
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=float(cast(float, cfg.lr)))
+    steps_per_epoch = max(1, cfg.num_train // (cast(int, cfg.batch_size) * world))
+    total = cast(int, cfg.epochs) * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    run = Run(
+        cfg,
+        out,
+        rank,
+        world,
+        device,
+        data,
+        physics,
+        test_physics,
+        y_test,
+        model,
+        net,
+        optimizer,
+        scheduler,
+        steps_per_epoch,
+        total,
+    )
+    state = _restore(run) if resume else TrainState(0, (), 0.0)
+    if data.skipped and rank == 0:
+        print(data.skipped, file=sys.stderr)
+    return run, state
+
+
+def _check_out_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    if resume:
+        if (out / "model.pt").exists():
+            raise ValueError(
+                f"unroll train: --resume {out}: that run has finished (model.pt is "
+                f"written); evaluate it with unroll eval --checkpoint "
+                f"{out / 'model.pt'}, or train anew with another --out."
+            )
+        if not (out / CHECKPOINT).exists():
+            raise ValueError(
+                f"unroll train: --resume {out}: no {CHECKPOINT} there; pass the "
+                "folder of an interrupted run (checkpoints are written every "
+                "--save-every steps)."
+            )
+        return
     previous = previous_run(out)
     if previous and not cfg.overwrite:
-        raise ValueError(f"unroll train: {out} already holds a run ({', '.join(previous)}); "
-                         "pass --overwrite (overwrite=True) to replace it, or another --out.")
-    torch.set_num_threads(cfg.threads)
-    rank, world = _ddp_setup(cfg)
+        raise ValueError(
+            f"unroll train: {out} already holds a run ({', '.join(previous)}); "
+            "pass --overwrite (overwrite=True) to replace it, --resume to continue "
+            "it, or another --out."
+        )
+
+
+def _prepare_folder(out: Path, rank: int, clear: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{rank}"
+        probe = out / f".write-test-{rank}-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"unroll train: cannot write to output folder {out} ({err}); pass "
-                         "--out with a writable folder.") from err
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    x_train, x_test = data.train_test_crops(cfg.num_train, cfg.num_test, cfg.crop_size,
-                                            channels=cfg.channels, seed=cfg.seed)
-    x_train, x_test = x_train.to(device), x_test.to(device)
-    physics = make_physics(cfg, device)
-    torch.manual_seed(cfg.seed + 1)
-    y_test = physics(x_test)
+        raise ValueError(
+            f"unroll train: cannot write to output folder {out} ({err}); pass "
+            "--out with a writable folder."
+        ) from err
+    if clear and rank == 0:  # --overwrite: an old log or checkpoint must not mix with this run
+        for name in (METRICS_FILE, CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
 
-    model = make_model(cfg).to(device)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    steps_per_epoch = max(1, cfg.num_train // (cfg.batch_size * world))
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1000 * (rank + 1))
-    losses: list[float] = []
-    bar = _progress(total, cfg.progress and rank == 0, "training")
-    t0 = time.perf_counter()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(cfg.num_train, generator=gen)
-        for s in range(steps_per_epoch):
-            idx = perm[(s * world + rank) * cfg.batch_size:][: cfg.batch_size]
-            x = x_train[idx.to(device)]
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            y = physics(x)
-            loss = nn.functional.mse_loss(net(y, physics), x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+
+def _restore(run: Run) -> TrainState:
+    """Load ``checkpoint.pt`` into the run's model, optimiser and schedule."""
+    path = run.out / CHECKPOINT
+    ckpt = read_checkpoint(path, "unroll train --resume", map_location=run.device)
+    saved = config_from_dict(ckpt.config)
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES]
+    diffs = config_differences(dataclasses.asdict(saved), dataclasses.asdict(run.cfg), fields)
+    if diffs:
+        listed = ", ".join(f"{_flag(n)} {old!r} (now {new!r})" for n, old, new in diffs)
+        raise ValueError(
+            f"unroll train: --resume {run.out}: the run was started with {listed}; "
+            "resume it with its own settings (unroll train --resume RUN alone)."
+        )
+    if ckpt.extra.get("world_size", 1) != run.world:
+        raise ValueError(
+            f"unroll train: --resume {run.out}: the run used "
+            f"{ckpt.extra.get('world_size')} processes, this one {run.world}; "
+            "resume it with the same number."
+        )
+    run.model.load_state_dict(ckpt.state_dict)
+    run.optimizer.load_state_dict(ckpt.extra["optimizer"])
+    run.scheduler.load_state_dict(ckpt.extra["scheduler"])
+    step = int(ckpt.extra["step"])
+    if run.rank == 0:
+        truncate_log(run.out / METRICS_FILE, step)
+    return TrainState(step, tuple(ckpt.extra["losses"]), float(ckpt.extra["seconds"]))
+
+
+# --------------------------------------------------------------------------- the loop
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The shuffled order of the ``n`` training crops in ``epoch`` (the same on every rank)."""
+    return torch.randperm(
+        n, generator=torch.Generator().manual_seed(stream_seed(seed, "order", epoch))
+    )
+
+
+def batch_indices(run: Run, step: int) -> torch.Tensor:
+    """The training crops of this rank at global step ``step`` (0-based)."""
+    epoch, s = divmod(step, run.steps_per_epoch)
+    order = epoch_order(run.cfg.seed, epoch, run.cfg.num_train)
+    start = (s * run.world + run.rank) * run.cfg.batch_size
+    return order[start : start + run.cfg.batch_size]
+
+
+def fit(run: Run, state: TrainState, *, stop_after: int | None = None) -> TrainState:
+    """The training loop from ``state`` to ``run.total`` steps (or ``stop_after``).
+
+    Each step draws its crops from :func:`epoch_order` and its noise from a generator seeded
+    by ``(seed, "noise", rank, step)``, so any step can be replayed; a checkpoint holding the
+    model, optimiser, schedule, step, losses and time is written every ``save_every`` steps,
+    when ``stop_after`` is reached and on Ctrl-C.
+
+    Returns:
+        The state after the last step taken.
+    """
+    cfg, end = run.cfg, run.total if stop_after is None else min(run.total, stop_after)
+    losses, seconds, step = list(state.losses), state.seconds, state.step
+    bar = _progress(run.total, state.step, cfg.progress and run.rank == 0)
+    log = MetricsLog(run.out, tensorboard=cfg.tensorboard, enabled=run.rank == 0)
+    run.net.train()
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            loss, lr = _step(run, step)
+            seconds += time.perf_counter() - t0
+            step += 1
+            losses.append(loss)
+            log.step(
+                {
+                    "step": step,
+                    "epoch": (step - 1) // run.steps_per_epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "seconds": round(seconds, 4),
+                }
+            )
             if bar is not None:
-                bar.set_postfix(loss=f"{losses[-1]:.2e}")
+                bar.set_postfix(loss=f"{loss:.2e}")
                 bar.update()
-    train_time = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+            if cfg.save_every and step % cfg.save_every == 0 and step < run.total:
+                _save_training_state(run, TrainState(step, tuple(losses), seconds))
+    except KeyboardInterrupt:
+        _save_training_state(run, TrainState(step, tuple(losses), seconds))
+        raise
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+    final = TrainState(step, tuple(losses), seconds)
+    if step < run.total:
+        _save_training_state(run, final)
+    return final
 
-    model.eval()
-    with torch.no_grad():
-        x_net = model(y_test, physics).clamp(0, 1)
-    recon, lam = classical(cfg, x_train[:16], physics, cfg.seed + 7)
-    x_cls = recon(y_test).clamp(0, 1)
-    y_img = measurement_image(y_test, physics, x_test).clamp(0, 1)
-    results = {
-        "config": dataclasses.asdict(cfg),
-        "world_size": world,
-        "psnr_measurement": float(metrics.psnr(y_img, x_test).mean()),
-        "psnr_classical": float(metrics.psnr(x_cls, x_test).mean()),
-        "classical": f"FISTA + TV, lambda={lam:.4g} (tuned on training crops)",
-        "psnr_unfolded": float(metrics.psnr(x_net, x_test).mean()),
-        "final_train_loss": losses[-1] if losses else math.nan,
-        "train_seconds": train_time,
-        "steps": total,
-        "learned_stepsize": model.hyper.stepsize.detach().cpu().flatten().tolist(),
+
+def _step(run: Run, step: int) -> tuple[float, float]:
+    """One optimisation step; returns ``(loss, learning rate used)``."""
+    cfg = run.cfg
+    x = run.data.train[batch_indices(run, step).to(run.device)]
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "noise", run.rank, step))
+    y = measure(run.physics, x, cfg.noise, gen)
+    loss = nn.functional.mse_loss(run.net(y, run.physics), x)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach()), float(lr)
+
+
+def _save_training_state(run: Run, state: TrainState) -> None:
+    if run.rank != 0:
+        return
+    extra = {
+        "step": state.step,
+        "losses": list(state.losses),
+        "seconds": state.seconds,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "world_size": run.world,
     }
-    if cfg.ddp:  # every rank's checksum: the ranks must end with the same weights
-        results["state_sha256_per_rank"] = _gather(state_checksum(model.state_dict()), world)
-    if rank == 0:  # only rank 0 writes; each file is replaced atomically
-        save_checkpoint(out / "model.pt", model.state_dict(), cfg)
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-        _figure(out / "figure.png", x_test, y_img, x_cls, x_net, results, losses)
-    if cfg.ddp:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return results
+    save_checkpoint(run.out / CHECKPOINT, run.model.state_dict(), run.cfg, extra=extra)
 
 
+# --------------------------------------------------------------------------- evaluate, save
+def evaluate_run(run: Run, state: TrainState) -> dict:
+    """Held-out figures of the trained network against the measurement and tuned TV-FISTA.
+
+    Returns:
+        The results dictionary (also holding the comparison for :func:`save_run`).
+    """
+    from unroll._eval import compare, summary
+
+    cfg = run.cfg
+    run.model.eval()
+    _, lam = classical(cfg, run.data.train, run.physics)
+    comparison = compare(
+        cfg, run.model, run.test_physics, run.data.test, run.y_test, lam, run.data.test_names
+    )
+    return {
+        "config": dataclasses.asdict(cfg),
+        "task": describe(cfg),
+        "data": run.data.source,
+        **summary(comparison),
+        "classical": f"FISTA + TV, lambda={lam:.4g} (tuned on training crops)",
+        "classical_lambda": lam,
+        "final_train_loss": state.losses[-1] if state.losses else math.nan,
+        "train_seconds": state.seconds,
+        "steps": run.total,
+        "learned": learned_scalars(run.model),
+        "_comparison": comparison,
+        "_losses": state.losses,
+    }
+
+
+def save_run(run: Run, results: dict, state: TrainState) -> None:
+    """Write ``model.pt`` (weights, configuration, tuned classical weight), ``results.json``,
+    ``figure.png`` and the test record of ``metrics.jsonl``; remove ``checkpoint.pt``."""
+    from unroll._eval import draw_comparison
+
+    comparison, losses = results.pop("_comparison"), results.pop("_losses")
+    out = run.out
+    save_checkpoint(
+        out / "model.pt",
+        run.model.state_dict(),
+        run.cfg,
+        extra={"classical_lambda": results["classical_lambda"], "step": state.step},
+    )
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    draw_comparison(out / "figure.png", run.cfg, comparison, losses)
+    with MetricsLog(out) as log:
+        log.event(
+            "test",
+            {k: v for k, v in results.items() if k.startswith(("psnr", "ssim"))},
+            step=state.step,
+        )
+    (out / CHECKPOINT).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- folders, loading
 def previous_run(out: str | Path) -> list[str]:
     """The files of an earlier run in a folder.
 
@@ -326,32 +666,38 @@ def load_model(cfg: TrainConfig | None, path: str | Path) -> nn.Module:
         path: the checkpoint (``RUN/model.pt``).
 
     Returns:
-        The model with the saved weights, on the CPU.
+        The model with the saved weights, on the CPU, in evaluation mode.
 
     Raises:
         ValueError: the file is missing, empty, cut off, damaged or not a checkpoint, or it
             was trained with a different model configuration (each differing field named).
     """
     ckpt = read_checkpoint(path, "unroll load_model")
+    saved = config_from_dict(ckpt.config)  # unset settings resolved as when it was trained
     if cfg is None:
-        cfg = config_from_dict(ckpt.config)
-    diffs = config_differences(_model_view(ckpt.config), _model_view(dataclasses.asdict(cfg)),
-                               MODEL_FIELDS)
+        cfg = saved
+    diffs = config_differences(
+        _model_view(dataclasses.asdict(saved)), _model_view(dataclasses.asdict(cfg)), MODEL_FIELDS
+    )
     if diffs:
         saved = ", ".join(f"{name}={old!r}" for name, old, _ in diffs)
         asked = ", ".join(f"{name}={new!r}" for name, _, new in diffs)
-        raise ValueError(f"unroll load_model: checkpoint {path} was trained with {saved}, this "
-                         f"model has {asked}; pass the checkpoint's settings, or cfg=None to "
-                         "rebuild the model from the checkpoint's configuration.")
+        raise ValueError(
+            f"unroll load_model: checkpoint {path} was trained with {saved}, this "
+            f"model has {asked}; pass the checkpoint's settings, or cfg=None to "
+            "rebuild the model from the checkpoint's configuration."
+        )
     model = make_model(cfg)
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(f"unroll load_model: the weights in {path} do not fit the model "
-                         f"({first}); was it written by another version of unroll "
-                         f"({ckpt.unroll_version})? Re-run training.") from err
-    return model
+        raise ValueError(
+            f"unroll load_model: the weights in {path} do not fit the model "
+            f"({first}); was it written by another version of unroll "
+            f"({ckpt.unroll_version})? Re-run training."
+        ) from err
+    return model.eval()
 
 
 def _model_view(config: dict[str, Any]) -> dict[str, Any]:
@@ -360,6 +706,40 @@ def _model_view(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(view.get("algorithm"), str):
         view["algorithm"] = view["algorithm"].upper()
     return view
+
+
+# --------------------------------------------------------------------------- distributed
+def _ddp_setup(cfg: TrainConfig) -> tuple[int, int]:
+    if not cfg.ddp:
+        return 0, 1
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        raise ValueError(
+            "unroll train: --ddp must be launched by torchrun, e.g. "
+            "torchrun --nproc_per_node=2 -m unroll train --ddp"
+        )
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _ddp_teardown(world: int) -> None:
+    if world > 1 or _ddp_active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _ddp_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _device(cfg: TrainConfig, rank: int) -> torch.device:
+    if cfg.ddp and cfg.device.startswith("cuda"):
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+    return torch.device(cfg.device)
 
 
 def _gather(value: str, world: int) -> list[str]:
@@ -371,42 +751,26 @@ def _gather(value: str, world: int) -> list[str]:
     return [str(v) for v in values]
 
 
-def _progress(total: int, enabled: bool, desc: str):
+# --------------------------------------------------------------------------- reporting
+def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step")
+    return tqdm(total=total, initial=initial, desc="training", unit="step")
 
 
-def _figure(path: Path, x, y, x_cls, x_net, results: dict, losses: list[float]) -> None:
-    import matplotlib
+def _suppressed_total() -> int:
+    from unroll._failure import suppressed_counts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return sum(suppressed_counts().values())
 
-    n = min(3, x.shape[0])
-    cols = [("ground truth", x), (f"measurement\n{results['psnr_measurement']:.2f} dB", y),
-            (f"classical (FISTA-TV)\n{results['psnr_classical']:.2f} dB", x_cls),
-            (f"unfolded ({results['config']['algorithm']})\n{results['psnr_unfolded']:.2f} dB",
-             x_net)]
-    fig, axes = plt.subplots(n, len(cols) + 1, figsize=(3 * (len(cols) + 1), 3 * n),
-                             squeeze=False)
-    for i in range(n):
-        for j, (title, img) in enumerate(cols):
-            im = img[i].detach().cpu().float().permute(1, 2, 0).squeeze(-1).numpy()
-            axes[i, j].imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1)
-            axes[i, j].set_axis_off()
-            if i == 0:
-                axes[i, j].set_title(title + ("" if j == 0 else " (mean)"), fontsize=9)
-        axes[i, -1].set_axis_off()
-    ax = axes[0, -1]
-    ax.set_axis_on()
-    ax.semilogy(losses)
-    ax.set_title("training loss (MSE)", fontsize=9)
-    ax.set_xlabel("step")
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+
+def _print_suppressed(count: int) -> None:
+    """One line counting the convergence warnings not shown again (once per cause and line)."""
+    if count:
+        print(
+            f"unroll train: {count} repeated convergence warning(s) were not shown (each "
+            "cause is shown once per call site; see unroll._failure.suppressed_counts()).",
+            file=sys.stderr,
+        )

@@ -1,9 +1,17 @@
-"""Small, download-free datasets: natural-image crops and a synthetic MRI phantom.
+"""Download-free datasets: bundled natural-image crops, your own images, MRI data and phantoms.
 
 Natural images come from the files bundled inside scikit-image (``skimage.data``: no pooch
 download, no network). Images are split once, by image, into a training and a held-out test
 set, so crops of the test set never overlap training crops. Everything is deterministic
 given ``seed`` and returned as float tensors in ``[0, 1]`` of shape ``(B, C, H, W)``.
+
+Your own data, as ``torch.utils.data.Dataset`` s of crops:
+
+* :class:`ImageFolder`: a folder (recursive) of PNG / JPEG / TIFF images of any size, grey or
+  colour; unreadable files are skipped and counted; :func:`split_files` holds files out.
+* :class:`FastMRISlices`: fastMRI-format HDF5 files (``kspace``, and ``reconstruction_rss`` /
+  ``reconstruction_esc`` when present; needs ``h5py``, the ``mri`` extra).
+* :func:`mri_phantoms`: random head-like phantoms for MRI without data.
 
 Example:
     >>> from unroll import data
@@ -20,6 +28,39 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from unroll._image_folder import (
+    IMAGE_SUFFIXES,
+    CropDataset,
+    ImageFolder,
+    image_files,
+    read_image,
+    split_files,
+)
+from unroll._mri_data import FastMRISlices, h5_files, mri_phantoms, read_fastmri
+
+__all__ = [
+    "COLOR_IMAGES",
+    "GRAY_IMAGES",
+    "IMAGE_SUFFIXES",
+    "CropDataset",
+    "FastMRISlices",
+    "ImageFolder",
+    "cartesian_mask",
+    "coil_maps",
+    "h5_files",
+    "image_files",
+    "image_names",
+    "load_image",
+    "mri_phantoms",
+    "natural_image_crops",
+    "random_crops",
+    "read_fastmri",
+    "read_image",
+    "shepp_logan",
+    "split_files",
+    "train_test_crops",
+]
 
 COLOR_IMAGES = {"train": ("astronaut", "coffee", "rocket", "motorcycle"), "test": ("chelsea",)}
 """Colour photographs shipped with scikit-image, split by image."""
