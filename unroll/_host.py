@@ -23,6 +23,7 @@ __all__ = [
     "unwrap",
     "unwrap_if_dead",
     "host_any",
+    "host_any_nonfinite",
     "try_bool",
     "host_max",
     "host_values",
@@ -63,6 +64,13 @@ def host_any(t: torch.Tensor) -> bool:
         return bool(t) if t.dim() == 0 else bool(t.any())
     except RuntimeError:
         return bool(unwrap(t).any())
+
+
+def host_any_nonfinite(leaves: list[Any]) -> bool:
+    """Whether any tensor among ``leaves`` holds NaN or Inf (one host read for all of them;
+    non-tensor leaves are ignored)."""
+    checks = [~torch.isfinite(t).all() for t in leaves if isinstance(t, torch.Tensor)]
+    return bool(checks) and host_any(torch.stack(checks))
 
 
 def try_bool(t: torch.Tensor) -> bool | None:

@@ -92,6 +92,8 @@ def read_fastmri(path: str | os.PathLike) -> list[torch.Tensor]:
             recon = next((f[k][()] for k in RECONSTRUCTIONS if k in f), None)
             kspace = f["kspace"][()] if recon is None and "kspace" in f else None
     except Exception as err:  # noqa: BLE001 — a broken file is one line
+        if isinstance(err, MemoryError):
+            raise
         raise ValueError(
             f"unroll.data.read_fastmri: cannot read {path} "
             f"({str(err).strip() or type(err).__name__})."

@@ -51,7 +51,7 @@ from unroll._failure import (
     report,
 )
 from unroll._host import host_any as _host_any
-from unroll._host import host_max, host_values, unwrap
+from unroll._host import host_any_nonfinite, host_max, host_values, unwrap
 from unroll._typing import PyTree
 
 __all__ = [
@@ -142,7 +142,7 @@ def _check_anderson(name: str, history_size: int, beta: float, ridge: float) -> 
 
 
 def _check_finite(name: str, what: str, leaves: list[torch.Tensor]) -> None:
-    if any(_host_any(~torch.isfinite(t)) for t in leaves):
+    if host_any_nonfinite(leaves):
         raise ValueError(f"{name}: {what} contains NaN or Inf; check the inputs.")
 
 

@@ -61,6 +61,7 @@ from unroll._failure import (
     report_failure,
 )
 from unroll._host import host_any as _host_any
+from unroll._host import host_any_nonfinite
 from unroll._host import in_vmap as _in_vmap
 from unroll._typing import MatVec, PyTree
 from unroll.fixed_point import (
@@ -471,7 +472,7 @@ def _finish(
 
 def _check_finite(name: str, b: list[torch.Tensor], init: list[torch.Tensor]) -> None:
     for what, leaves in (("b", b), ("init", init)):
-        if any(_host_any(~torch.isfinite(t)) for t in leaves):
+        if host_any_nonfinite(leaves):
             raise ValueError(
                 f"{name}: {what} contains NaN or Inf; a linear solve needs finite inputs. Check "
                 f"where {what} comes from (if {name} runs inside a backward pass, an upstream "

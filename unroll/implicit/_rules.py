@@ -11,8 +11,7 @@ import torch
 
 from unroll import tree
 from unroll._failure import SolveInfo, check_on_failure, report, report_failure
-from unroll._host import host_any as _host_any
-from unroll._host import unwrap_if_dead
+from unroll._host import host_any_nonfinite, unwrap_if_dead
 from unroll._typing import PyTree
 from unroll.linear_solve import solve_cg, solve_gmres
 
@@ -79,7 +78,7 @@ def _call_solve(solve: Solve, matvec: Callable, b: PyTree, rep: _Report) -> PyTr
     policy = rep.on_failure or _configured_policy(solve)
     if not _accepts(solve, "return_info"):
         x = solve(matvec, b)
-        if _host_any(torch.stack([~torch.isfinite(t).all() for t in tree.leaves(x)])):
+        if host_any_nonfinite(tree.leaves(x)):
             report(
                 rep.label,
                 "non_finite",
@@ -127,8 +126,7 @@ def _accepts(fn: Callable, name: str) -> bool:
 
 def _nonfinite_cotangent(leaves: list[torch.Tensor], rep: _Report) -> bool:
     """Report an incoming cotangent holding NaN/Inf (one host sync); True when it does."""
-    checks = [~torch.isfinite(t).all() for t in leaves if isinstance(t, torch.Tensor)]
-    if not checks or not _host_any(torch.stack(checks)):
+    if not host_any_nonfinite(leaves):
         return False
     report(
         rep.label,

@@ -241,7 +241,8 @@ class PDNet(nn.Module):
                 _check_channels("image", atu.shape[1], c, "in_channels")
                 x = atu.new_zeros(atu.shape[0], self.n_primal * c, *atu.shape[-2:])
             x = primal(x, atu)
-        assert x is not None  # num_iter >= 1 blocks (validated at construction)
+        if x is None:  # unreachable: the constructor requires num_iter >= 1 blocks
+            raise RuntimeError("unroll.models.PDNet: the network has no primal/dual blocks.")
         return from_channels(x[:, :c], x_layout)
 
 
