@@ -49,6 +49,8 @@ __all__ = [
     "check_on_failure",
     "report",
     "report_failure",
+    "report_reasons",
+    "ON_FAILURE_HINT",
     "suppressed_counts",
     "reset_suppressed",
 ]
@@ -209,13 +211,73 @@ def reset_suppressed() -> None:
 
 
 # --------------------------------------------------------------------------- linear solves
-_REMEDY = {
-    MAX_ITER: "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a "
-    "better-scaled operator)",
-    NON_FINITE: "The last finite iterate is returned. Check matvec and its inputs for NaN/Inf "
-    "(e.g. a diverging computation upstream)",
-}
-_ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
+_REMEDY = (
+    "Raise maxiter (or rtol/atol), or improve the conditioning (ridge=..., a better-scaled "
+    "operator)"
+)
+_NON_FINITE_REMEDY = (
+    "The last finite iterate is returned. Check the map / matvec and its inputs for NaN/Inf "
+    "(e.g. a diverging computation upstream)"
+)
+ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
+_ON_FAILURE_HINT = ON_FAILURE_HINT  # TODO(integration): callers move to the public name
+
+
+def _severity(code: int) -> tuple:
+    return (code == NON_FINITE, code == BREAKDOWN, code == DIVERGED, code)
+
+
+def report_reasons(
+    name: str,
+    reason: torch.Tensor,
+    residual: torch.Tensor,
+    on_failure: str,
+    *,
+    limit: str,
+    tolerance: str,
+    remedy: str,
+    breakdown: str = "",
+    unit: str = "systems",
+    start: torch.Tensor | None = None,
+) -> None:
+    """Apply the failure policy to the most severe failure among the problems of a solve
+    (non-finite > breakdown > diverged > max_iter), with its residual and the remedy: the one
+    report behind every iterative solve of the library.
+
+    Args:
+        name: the solve, as the user knows it.
+        reason: one code per problem (:data:`REASONS`).
+        residual: the final residual per problem.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
+        limit: where the cap stopped it (``"at maxiter=50"``, ``"after 3 iteration(s)"``).
+        tolerance: what was not met (``"the tolerance (rtol=1e-05, atol=0)"``, ``"tol=1e-4"``).
+        remedy: what to do about a cap or a divergence (non-finite values get their own).
+        breakdown: what broke down (``"pᵀAp ≤ 0: the operator is not SPD"``).
+        unit: what the problems of a batch are called in the message.
+        start: the first residual per problem, quoted when it diverged.
+    """
+    if on_failure == "ignore":
+        return
+    codes = [int(c) for c in host_values(reason)]
+    failed = [c for c in codes if c != CONVERGED]
+    if not failed:
+        return
+    res = host_values(residual)
+    first = host_values(start) if start is not None else [math.nan] * len(res)
+    worst = max(failed, key=_severity)
+    where = f" in {len(failed)} of {len(codes)} {unit}" if len(codes) > 1 else ""
+    picks = [(r, r0) for r, r0, c in zip(res, first, codes) if c == worst and math.isfinite(r)]
+    r, r0 = max(picks) if picks else (math.nan, math.nan)
+    if worst == NON_FINITE:
+        detail, remedy = f"met NaN or Inf{where}", _NON_FINITE_REMEDY
+    elif worst == BREAKDOWN:
+        detail = f"{breakdown or 'a zero denominator'}{where} (residual {r:.3e})"
+    elif worst == DIVERGED:
+        grew = f", from {r0:.3e}" if math.isfinite(r0) else ""
+        detail = f"diverged{where} (residual {r:.3e}{grew}); the last good iterate is returned"
+    else:
+        detail = f"stopped {limit}{where} with residual {r:.3e} above {tolerance}"
+    report(name, REASONS[worst], detail, remedy + "." + ON_FAILURE_HINT, on_failure)
 
 
 def report_failure(
@@ -229,32 +291,21 @@ def report_failure(
     atol: float | None = None,
     maxiter: int | None = None,
 ) -> None:
-    """Apply the failure policy to the most severe failure in ``info`` (non-finite >
-    breakdown > diverged > max_iter), with its residual and the remedy."""
+    """:func:`report_reasons` for a linear solve's :class:`SolveInfo`."""
     if on_failure == "ignore":
         return
-    codes = [int(c) for c in host_values(info.reason)]
-    failed = [c for c in codes if c != CONVERGED]
-    if not failed:
-        return
-    res, iters = host_values(info.residual_norm), host_values(info.num_iter)
-    worst = max(failed, key=lambda c: (c == NON_FINITE, c == BREAKDOWN, c == DIVERGED, c))
-    where = f" in {len(failed)} of {len(codes)} systems" if len(codes) > 1 else ""
-    finite = [r for r, c in zip(res, codes) if c == worst and math.isfinite(r)]
-    r = max(finite) if finite else float("nan")
-    if worst == NON_FINITE:
-        detail = f"met NaN or Inf{where}"
-    elif worst == BREAKDOWN:
-        detail = f"{breakdown or 'a zero denominator'}{where} (residual {r:.3e})"
-    elif worst == DIVERGED:
-        detail = f"diverged{where} (residual {r:.3e}); the last good iterate is returned"
+    if maxiter is not None:
+        limit = f"at maxiter={maxiter}"
     else:
-        cap = (
-            f"at maxiter={maxiter}"
-            if maxiter is not None
-            else (f"after {max(iters):.0f} iteration(s)")
-        )
-        tol = "" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})"
-        detail = f"stopped {cap} with residual {r:.3e} above the tolerance{tol}{where}"
-    text = remedy or _REMEDY.get(worst, _REMEDY[MAX_ITER])
-    report(name, REASONS[worst], detail, text + "." + _ON_FAILURE_HINT, on_failure)
+        limit = f"after {max(host_values(info.num_iter)):.0f} iteration(s)"
+    tol = "the tolerance" + ("" if rtol is None else f" (rtol={rtol:g}, atol={atol or 0:g})")
+    report_reasons(
+        name,
+        info.reason,
+        info.residual_norm,
+        on_failure,
+        limit=limit,
+        tolerance=tol,
+        remedy=remedy or _REMEDY,
+        breakdown=breakdown,
+    )

@@ -36,6 +36,7 @@ from unroll._checkpoint import (
     save_checkpoint,
     state_checksum,
 )
+from unroll._compare import compare, draw_comparison, summary
 from unroll._runlog import METRICS_FILE, MetricsLog, truncate_log
 from unroll._tasks import (
     MODELS,
@@ -565,7 +566,6 @@ def evaluate_run(run: Run, state: TrainState) -> dict:
     Returns:
         The results dictionary (also holding the comparison for :func:`save_run`).
     """
-    from unroll._eval import compare, summary
 
     cfg = run.cfg
     run.model.eval()
@@ -592,7 +592,6 @@ def evaluate_run(run: Run, state: TrainState) -> dict:
 def save_run(run: Run, results: dict, state: TrainState) -> None:
     """Write ``model.pt`` (weights, configuration, tuned classical weight), ``results.json``,
     ``figure.png`` and the test record of ``metrics.jsonl``; remove ``checkpoint.pt``."""
-    from unroll._eval import draw_comparison
 
     comparison, losses = results.pop("_comparison"), results.pop("_losses")
     out = run.out
