@@ -355,3 +355,47 @@ def test_invalid_step_and_state_arguments():
         unroll.recover_state_dict(opt, unroll.extract_state_dict(net))
     with pytest.raises(TypeError, match=r"unroll.stop_gradient: `target` must be"):
         unroll.stop_gradient("net")
+
+
+@pytest.mark.parametrize(
+    "lr,eps_root,dtypes",
+    [
+        (0.05, 0.0, (DT, DT)),  # all scalars folded into the denominator
+        (0.05, 1e-10, (DT, DT)),  # eps_root under the square root
+        ("tensor", 1e-10, (DT, DT)),  # lr kept in the graph
+        (0.05, 0.0, (DT, torch.float32)),  # mixed dtypes: per-parameter update
+    ],
+    ids=["float-lr", "eps-root", "tensor-lr-eps-root", "mixed-dtypes"],
+)
+def test_meta_adam_foreach_update_matches_functional_adam(lr, eps_root, dtypes):
+    """MetaAdam's foreach update: trajectory and meta-gradient w.r.t. θ₀ equal the
+    functional unroll.optimizers.adam loop (per-parameter ops) in every code path."""
+    x, y, xv, yv = _data(2)
+    net = _net(2)
+    net[2].to(dtypes[1])
+    lr_value = torch.tensor(0.05, dtype=DT, requires_grad=True) if lr == "tensor" else lr
+
+    def model(p, inp):
+        h = torch.tanh(inp @ p["0.weight"].T + p["0.bias"])
+        return (h.to(p["2.weight"].dtype) @ p["2.weight"].T + p["2.bias"]).to(DT)
+
+    theta0 = {k: v.detach().clone() for k, v in net.named_parameters()}
+    opt = unroll.MetaAdam(net, lr=lr_value, betas=(0.7, 0.9), eps_root=eps_root)
+    leaves = dict(net.named_parameters())
+    for _ in range(3):
+        opt.step(_mse(model(dict(net.named_parameters()), x), y))
+    _mse(model(dict(net.named_parameters()), xv), yv).backward()
+
+    def outer(params):
+        fopt = optimizers.adam(lr_value, 0.7, 0.9, eps_root=eps_root)
+        state = fopt.init(params)
+        for _ in range(3):
+            g = grad(lambda p: _mse(model(p, x), y))(params)
+            params, state = fopt.update(g, state, params)
+        return _mse(model(params, xv), yv), params
+
+    ref, final = grad(outer, has_aux=True)(theta0)
+    for k, p in net.named_parameters():
+        tol = 1e-5 if p.dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(p.detach(), final[k], rtol=tol, atol=tol)
+        torch.testing.assert_close(leaves[k].grad, ref[k], rtol=tol, atol=tol * 1e-2)

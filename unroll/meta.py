@@ -428,7 +428,10 @@ class MetaAdam(MetaOptimizer):
         \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}.
 
     Built on :func:`unroll.optimizers.adam`; each :meth:`~MetaOptimizer.step` equals one
-    ``torch.optim.Adam`` step with the same settings (``eps_root=0``).
+    ``torch.optim.Adam`` step with the same settings (``eps_root=0``). The update of a group
+    runs as ``torch._foreach_*`` operations over all its parameters (the same values, one
+    autograd node per operation instead of one per parameter), which makes a MAML step of a
+    small network ~1.5× faster than TorchOpt's (``benchmarks/meta.py``).
 
     Args:
         module: the ``nn.Module`` to optimise.
@@ -485,7 +488,7 @@ class MetaAdam(MetaOptimizer):
             use_accelerated_op=use_accelerated_op,
         )
         _checked_lr(api, lr)
-        base = optimizers.adam(lr, b1=betas[0], b2=betas[1], eps=eps, eps_root=eps_root)
+        base = _foreach_adam(lr, betas[0], betas[1], eps, eps_root)
         self.moment_requires_grad = moment_requires_grad
         super().__init__(module, _preprocessed(base, weight_decay, maximize))
 
@@ -568,6 +571,66 @@ class MetaRMSProp(MetaOptimizer):
         except ValueError as err:  # re-word with this API's name
             raise ValueError(str(err).replace("unroll.optimizers.rmsprop", api)) from None
         super().__init__(module, _preprocessed(base, weight_decay, maximize))
+
+
+def _foreach_adam(lr: Any, b1: Any, b2: Any, eps: Any, eps_root: Any) -> GradientTransformation:
+    r""":func:`unroll.optimizers.adam` with its update done by ``torch._foreach_*`` operations.
+
+    The same values (up to rounding) and the same :class:`~unroll.optimizers.AdamState`, but
+    one kernel call and one autograd node per operation for *all* the parameters of a group
+    instead of one per parameter: a differentiable inner loop over a small network is
+    dominated by that per-operation overhead (forward and backward). With :math:`t = k + 1`
+    and :math:`\hat b_i = 1 - \beta_i^t`:
+
+    .. math::
+        m_t = m_{t-1} + (1-\beta_1)(g - m_{t-1}), \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\, g \odot g, \qquad
+        \theta_t = \theta_{t-1} - \frac{m_t}{d_t}, \quad
+        d_t = \frac{\hat b_1}{\eta}\Big(\frac{\sqrt{v_t}}{\sqrt{\hat b_2}} + \epsilon\Big)
+
+    (:math:`\sqrt{v_t / \hat b_2 + \epsilon_{root}}` when :math:`\epsilon_{root} > 0`; a
+    tensor :math:`\eta` that requires grad multiplies :math:`m_t / d_t` instead, so that it
+    stays in the graph). Tensor :math:`\beta`, :math:`\epsilon` or :math:`\epsilon_{root}`,
+    and parameters of mixed dtypes or devices, use the per-parameter update of
+    :func:`unroll.optimizers.adam`. (Not ``torch._foreach_addcdiv``: its backward fails on
+    lists of tensors of different shapes in PyTorch 2.13.)
+    """
+    base = optimizers.adam(lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    if any(isinstance(h, torch.Tensor) for h in (b1, b2, eps, eps_root)):
+        return base
+    ops: Any = torch  # the private foreach namespace, untyped
+
+    def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+        if not (
+            isinstance(params, tuple)
+            and isinstance(state, optimizers.AdamState)
+            and len({(p.dtype, p.device) for p in params}) == 1
+            and not params[0].is_complex()
+        ):
+            return base.update(grads, state, params)
+        count = state.count + 1
+        t = count.to(params[0].dtype)
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        mu = ops._foreach_lerp(state.mu, grads, 1 - b1)
+        nu = ops._foreach_addcmul(ops._foreach_mul(state.nu, b2), grads, grads, value=1 - b2)
+        if eps_root != 0:
+            root = ops._foreach_sqrt(ops._foreach_add(ops._foreach_div(nu, bc2), eps_root))
+            eps_t = eps
+        else:  # sqrt(v / bc2) + eps = (sqrt(v) + eps sqrt(bc2)) / sqrt(bc2)
+            root = ops._foreach_sqrt(nu)
+            bc1 = bc1 / torch.sqrt(bc2)
+            eps_t = eps * torch.sqrt(bc2)
+        if isinstance(lr, torch.Tensor) and lr.requires_grad:  # keep lr in the graph
+            steps = [lr / bc1] * len(params)
+            ratio = ops._foreach_div(mu, ops._foreach_add(root, eps_t))
+            new_params = ops._foreach_sub(params, ops._foreach_mul(ratio, steps))
+        else:  # every scalar folded into the denominator d
+            scale = bc1 / lr
+            denom = ops._foreach_add(ops._foreach_mul(root, scale), eps_t * scale)
+            new_params = ops._foreach_sub(params, ops._foreach_div(mu, denom))
+        return tuple(new_params), optimizers.AdamState(count, tuple(mu), tuple(nu))
+
+    return GradientTransformation(base.init, update)
 
 
 def _checked_lr(api: str, lr: Any) -> None:

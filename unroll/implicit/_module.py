@@ -4,9 +4,19 @@ A bilevel problem written as an ``nn.Module``::
 
     θ* = argmin_θ  L_outer(w*(θ)),      w*(θ) = argmin_w  L_inner(w, θ)
 
-The module's ``nn.Parameter``\\ s (its own and those of its registered submodules) are the
-**meta-parameters** ``θ``; tensors or submodules registered with
-:meth:`ImplicitModule.register_inner` are the **inner parameters** ``w``. The subclass
+The **inner parameters** ``w`` and the **meta-parameters** ``θ`` are told apart by
+TorchOpt's rules (``ImplicitMetaGradientModule``), with one addition:
+
+- a tensor that requires grad, or an ``nn.Module``, passed to the constructor and assigned as
+  an attribute is a meta-parameter (a module: all its parameters);
+- tensors or submodules declared with :meth:`ImplicitModule.register_inner` are the inner
+  parameters, and then every other parameter of the module is a meta-parameter (e.g. a
+  learnable ``self.log_lam = nn.Parameter(...)``);
+- without ``register_inner``, every parameter that did not come from the constructor is an
+  inner parameter (TorchOpt's ``self.net = copy.deepcopy(meta_net)``).
+
+As in TorchOpt, ``parameters()`` / ``named_parameters()`` are the inner parameters and
+``meta_parameters()`` / ``named_meta_parameters()`` the meta-parameters. The subclass
 defines ``solve(self, *inputs)`` (any solver that leaves the inner parameters at a solution),
 and either ``objective(self, *inputs)`` (the scalar inner loss; the optimality condition is its
 gradient w.r.t. the inner parameters, taken with ``torch.func.grad``) or ``optimality(self,
@@ -74,8 +84,21 @@ class ImplicitModule(nn.Module):
     The linear solver of the backward pass is a class keyword (or a ``linear_solve``
     attribute): ``class Inner(ImplicitModule, linear_solve=partial(solve_cg, rtol=1e-8))``.
 
-    :meth:`parameters` / :meth:`named_parameters` yield only the meta-parameters, so
-    ``torch.optim.Adam(module.parameters())`` is the outer optimizer.
+    Which parameters are inner and which are meta (TorchOpt's rules plus ``register_inner``;
+    see the module docstring): constructor arguments (tensors that require grad, modules) are
+    meta-parameters; with :meth:`register_inner`, the declared tensors / submodules are inner
+    and all other parameters meta; without it, every parameter not passed to the constructor
+    is inner. :meth:`parameters` / :meth:`named_parameters` yield the **inner** parameters
+    (TorchOpt's semantics: ``torch.optim.SGD(self.parameters())`` inside ``solve``), and
+    :meth:`meta_parameters` the meta-parameters, for the outer optimizer:
+    ``torch.optim.Adam(module.meta_parameters())``. (unroll 0.1.0 returned the
+    meta-parameters from ``parameters()``; migrate with ``module.parameters()`` →
+    ``module.meta_parameters()``.)
+
+    A subclass must define ``solve`` and one of ``objective`` / ``optimality``: instantiating
+    one that does not raises ``TypeError`` naming the missing method (an intermediate class
+    may leave them to its subclasses). ``solve`` raises ``ValueError`` when the module has no
+    inner parameters, or no meta-parameters and no input that requires grad.
 
     Threads: the inner solution is state of the module, so one module serves one thread at a
     time. ``solve`` and calls hold a per-module lock (they never interleave), and calling the
@@ -124,9 +147,13 @@ class ImplicitModule(nn.Module):
     """
 
     linear_solve: Callable[..., Any] | None = None
+    _meta_inputs: dict[int, Any]  # id -> tensor / module passed to the constructor
+    _meta_names: set[str]  # attribute paths known to hold meta-parameters
 
     def __init_subclass__(cls, linear_solve: Callable[..., Any] | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
+        for method in _METHODS:
+            _check_method_kind(cls, method)
         if linear_solve is not None:
             if not callable(linear_solve):
                 raise TypeError(
@@ -139,6 +166,22 @@ class ImplicitModule(nn.Module):
         if callable(user_solve) and not getattr(user_solve, "_unroll_implicit", False):
             cls.solve = _implicit_solve_method(user_solve)
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ImplicitModule:
+        missing = _missing_methods(cls)
+        if missing:
+            raise TypeError(
+                f"{_API}: cannot instantiate {cls.__name__}: it does not define {missing}. "
+                "Subclass ImplicitModule and define `solve(self, *inputs)` and either "
+                "`objective(self, *inputs)` (the scalar inner loss) or `optimality(self, "
+                "*inputs)` (a residual, zero at the solution)."
+            )
+        instance = super().__new__(cls)
+        # TorchOpt's rule: tensors that require grad and modules passed to the constructor
+        # (with their parameters) are meta-parameters wherever they are assigned.
+        instance.__dict__["_meta_inputs"] = _meta_inputs((args, kwargs))
+        instance.__dict__["_meta_names"] = set()
+        return instance
+
     def __init__(self) -> None:
         super().__init__()
         self._inner_tensors: list[str] = []
@@ -146,6 +189,28 @@ class ImplicitModule(nn.Module):
         self._solve_depth = 0
         self._lock = threading.RLock()
         self._solved_by: int | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        metas = self.__dict__.get("_meta_inputs")
+        if not metas or not isinstance(value, (torch.Tensor, nn.Module)):
+            super().__setattr__(name, value)
+            return
+        if metas.get(id(value)) is not value:
+            self._meta_names.discard(name)
+            super().__setattr__(name, value)
+            return
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            if "_parameters" not in self.__dict__:
+                raise AttributeError(
+                    f"{_API}: call `super().__init__()` before assigning meta-parameters."
+                )
+            self.__dict__.pop(name, None)
+            self._buffers.pop(name, None)
+            # a meta tensor (TorchOpt's rule), kept as is (not wrapped in a Parameter)
+            cast(dict, self._parameters)[name] = value
+        else:
+            super().__setattr__(name, value)
+        self._meta_names.add(name)
 
     # ------------------------------------------------------------------ threads
     def __getstate__(self) -> dict[str, Any]:
@@ -157,6 +222,8 @@ class ImplicitModule(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._lock = threading.RLock()
+        metas = self.__dict__.get("_meta_inputs") or {}
+        self.__dict__["_meta_inputs"] = {id(m): m for m in metas.values()}  # copies: new ids
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         lock = self.__dict__.get("_lock")
@@ -197,7 +264,12 @@ class ImplicitModule(nn.Module):
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{_API}.register_inner: `name` must be an identifier, got {name!r}.")
         if isinstance(value, nn.Module):
-            meta_ids = {id(p) for _, p in self.named_meta_parameters()}
+            inner_modules = tuple(self._inner_modules)
+            meta_ids = {
+                id(p)
+                for n, p in nn.Module.named_parameters(self)
+                if not n.startswith(tuple(m + "." for m in inner_modules))
+            }
             if any(id(p) in meta_ids for p in value.parameters()):
                 raise ValueError(
                     f"{_API}.register_inner: submodule {name!r} shares parameters with the "
@@ -219,18 +291,47 @@ class ImplicitModule(nn.Module):
                 f"{type(value).__name__}."
             )
 
-    def _is_inner(self, name: str) -> bool:
-        return name in self._inner_tensors or any(
+    def _explicit(self) -> bool:
+        """Inner parameters were declared with :meth:`register_inner`."""
+        return bool(self._inner_tensors or self._inner_modules)
+
+    def _is_inner(self, name: str, tensor: torch.Tensor) -> bool:
+        """Is the parameter ``name`` (relative to this module) an inner parameter?"""
+        if name in self._inner_tensors or any(
             name.startswith(m + ".") for m in self._inner_modules
-        )
+        ):
+            return True
+        if self._explicit():  # unroll's rule: every other parameter is a meta-parameter
+            return False
+        # TorchOpt's rule: what came from the constructor is meta, the rest is inner. The
+        # names are remembered, so tensors swapped in by functional_call keep their role.
+        if self._meta_inputs.get(id(tensor)) is tensor:
+            self._meta_names.add(name)
+            return False
+        return not any(name == m or name.startswith(m + ".") for m in self._meta_names)
+
+    def _classified(self, inner: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` of every inner (or meta) parameter, each tensor once."""
+        seen: set[int] = set()
+        if inner:
+            for name in self._inner_tensors:
+                t = self.get_buffer(name)
+                seen.add(id(t))
+                yield name, t
+        for name, t in nn.Module.named_parameters(self, remove_duplicate=False):
+            if id(t) not in seen and self._is_inner(name, t) == inner:
+                seen.add(id(t))
+                yield name, t
 
     # ------------------------------------------------------------------ views
     def named_inner_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(name, tensor)`` for every inner parameter (names as in ``state_dict``)."""
-        for name in self._inner_tensors:
-            yield name, self.get_buffer(name)
-        for prefix in self._inner_modules:
-            yield from self.get_submodule(prefix).named_parameters(prefix=prefix)
+        """``(name, tensor)`` for every inner parameter :math:`w` (names as in ``state_dict``).
+
+        The inner parameters are the tensors and submodules declared with
+        :meth:`register_inner` when there are any; otherwise (TorchOpt's rule) every
+        parameter that did not come from a constructor argument.
+        """
+        return self._classified(inner=True)
 
     def inner_parameters(self) -> Iterator[torch.Tensor]:
         """The inner parameters (see :meth:`named_inner_parameters`)."""
@@ -238,24 +339,47 @@ class ImplicitModule(nn.Module):
             yield t
 
     def named_meta_parameters(
-        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` for every meta-parameter: all parameters not inner."""
-        start = len(prefix) + 1 if prefix else 0
-        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
-            if not self._is_inner(name[start:]):
-                yield name, p
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` for every meta-parameter :math:`θ`: every parameter that is not
+        an inner parameter (see :meth:`named_inner_parameters`).
 
-    def meta_parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        """The meta-parameters (see :meth:`named_meta_parameters`)."""
+        Args:
+            prefix: prepended (with a dot) to every name.
+            recurse: also the meta-parameters of submodules (else only direct attributes).
+        """
+        for name, t in self._classified(inner=False):
+            if recurse or "." not in name:
+                yield (f"{prefix}.{name}" if prefix else name), t
+
+    def meta_parameters(self, recurse: bool = True) -> Iterator[torch.Tensor]:
+        """The meta-parameters (see :meth:`named_meta_parameters`): what an outer optimizer
+        trains, e.g. ``torch.optim.Adam(module.meta_parameters())``."""
         for _, p in self.named_meta_parameters(recurse=recurse):
             yield p
 
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        """The meta-parameters only (so an outer optimizer never sees inner parameters)."""
-        return self.named_meta_parameters(prefix, recurse, remove_duplicate)
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The **inner** parameters, as TorchOpt's ``ImplicitMetaGradientModule`` (see
+        :meth:`named_inner_parameters`); :meth:`named_meta_parameters` gives the others.
+
+        Args:
+            prefix: prepended (with a dot) to every name.
+            recurse: also the inner parameters of submodules (else only direct attributes).
+            remove_duplicate: accepted for ``nn.Module`` compatibility (each tensor is
+                yielded once).
+        """
+        for name, t in self.named_inner_parameters():
+            if recurse or "." not in name:
+                yield (f"{prefix}.{name}" if prefix else name), t
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.Tensor]:
+        """The **inner** parameters (TorchOpt's semantics; see :meth:`named_parameters`):
+        ``torch.optim.SGD(self.parameters())`` inside :meth:`solve` optimises the inner
+        problem. The outer optimizer takes :meth:`meta_parameters`."""
+        for _, t in self.named_parameters(recurse=recurse):
+            yield t
 
     # ------------------------------------------------------------------ implicit solve
     def _implicit_solve(self, user_solve: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -272,7 +396,21 @@ class ImplicitModule(nn.Module):
         if not names:
             raise ValueError(
                 f"{_API}.solve: {type(self).__name__} has no inner parameters; declare them "
-                "with self.register_inner(name, tensor_or_module) in __init__."
+                "with self.register_inner(name, tensor_or_module) in __init__ (or, TorchOpt's "
+                "way, assign an nn.Parameter or a submodule that is not a constructor "
+                "argument, e.g. self.net = copy.deepcopy(meta_net))."
+            )
+        tensor_inputs, _ = _split_tensors((args, kwargs))
+        if not any(True for _ in self.named_meta_parameters()) and not any(
+            t.requires_grad for t in tensor_inputs
+        ):
+            raise ValueError(
+                f"{_API}.solve: {type(self).__name__} has no meta-parameters and no input of "
+                "solve requires grad, so nothing would get a meta-gradient. Pass the "
+                "meta-parameters to the constructor and assign them (a tensor that requires "
+                "grad, or an nn.Module: TorchOpt's rule), or declare the inner parameters "
+                "with self.register_inner(...) so that the module's other nn.Parameters are "
+                "the meta-parameters."
             )
         optimality_method = _optimality_method(type(self))
         self._detach_inner()
@@ -324,6 +462,45 @@ def _implicit_solve_method(user_solve: Callable[..., Any]) -> Callable[..., Any]
 
     solve._unroll_implicit = True  # type: ignore[attr-defined]
     return solve
+
+
+_METHODS = ("solve", "objective", "optimality")
+
+
+def _missing_methods(cls: type) -> str:
+    """The abstract methods ``cls`` lacks, in words ('' when it defines what it must)."""
+    missing = []
+    if not callable(getattr(cls, "solve", None)):
+        missing.append("`solve`")
+    if not any(callable(getattr(cls, m, None)) for m in ("objective", "optimality")):
+        missing.append("`objective` or `optimality`")
+    return " nor ".join(missing)
+
+
+def _check_method_kind(cls: type, name: str) -> None:
+    """``solve`` / ``objective`` / ``optimality`` defined by ``cls`` are plain methods."""
+    attr = cls.__dict__.get(name)
+    if attr is None:
+        return
+    if isinstance(attr, (staticmethod, classmethod)) or not callable(attr):
+        kind = type(attr).__name__
+        raise TypeError(
+            f"{_API}: {cls.__name__}.{name} must be a method `def {name}(self, *inputs)`, "
+            f"got a {kind}; define it as a regular method."
+        )
+
+
+def _meta_inputs(inputs: Any) -> dict[int, Any]:
+    """TorchOpt's meta-inputs of a constructor call, by id: every tensor that requires grad,
+    every module with its submodules and their parameters."""
+    found: dict[int, Any] = {}
+    for leaf in tree.leaves(inputs):
+        if isinstance(leaf, nn.Module):
+            for obj in (*leaf.modules(), *leaf.parameters()):
+                found[id(obj)] = obj
+        elif isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+            found[id(leaf)] = leaf
+    return found
 
 
 def _optimality_method(cls: type) -> tuple[str, Callable[..., Any]]:
