@@ -20,6 +20,16 @@ from unroll.algorithms.drs import DRSState, drs
 from unroll.algorithms.fista import FISTAState, fista
 from unroll.algorithms.gd import GDState, gd
 from unroll.algorithms.hqs import HQSState, hqs
+from unroll.algorithms.md import (
+    Bregman,
+    BregmanL2,
+    BurgEntropy,
+    MDState,
+    NegEntropy,
+    PMDState,
+    md,
+    pmd,
+)
 from unroll.algorithms.pdhg import PDHGState, pdhg
 from unroll.algorithms.pgd import PGDState, pgd
 
@@ -32,6 +42,8 @@ ALGORITHMS = {
     "DRS": drs,
     "PDCP": pdhg,
     "PDHG": pdhg,
+    "MD": md,
+    "PMD": pmd,
 }
 """Algorithm factories by the names used by :func:`unroll.unfolded.unfolded_builder`."""
 
@@ -39,6 +51,12 @@ __all__ = [
     "ALGORITHMS",
     "ADMMState",
     "Algorithm",
+    "Bregman",
+    "BregmanL2",
+    "BurgEntropy",
+    "MDState",
+    "NegEntropy",
+    "PMDState",
     "DRSState",
     "FISTAState",
     "GDState",
@@ -51,6 +69,8 @@ __all__ = [
     "fista",
     "gd",
     "hqs",
+    "md",
+    "pmd",
     "params_at",
     "pdhg",
     "pgd",

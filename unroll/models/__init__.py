@@ -9,6 +9,7 @@ from unroll.models.dncnn import DnCNN
 from unroll.models.modl import MoDL
 from unroll.models.pdnet import PDNet, PDNet_DualBlock, PDNet_PrimalBlock, init_conv_block
 from unroll.models.varnet import SensitivityModel, VarNet
+from unroll.models.wavelet import WaveletDenoiser
 
 __all__ = [
     "DnCNN",
@@ -18,5 +19,6 @@ __all__ = [
     "PDNet_PrimalBlock",
     "SensitivityModel",
     "VarNet",
+    "WaveletDenoiser",
     "init_conv_block",
 ]
