@@ -1,7 +1,8 @@
 r"""Convolution (blur) with an explicit adjoint for every boundary condition.
 
 :class:`Blur` applies :math:`y = k * x` per channel (a true convolution, not a correlation)
-with the kernel's centre at index ``(h // 2, w // 2)``. Boundary handling:
+with the kernel's centre at index ``(h // 2, w // 2)`` (3-D: ``(d // 2, h // 2, w // 2)`` on
+``(B, C, D, H, W)`` volumes). Boundary handling:
 
 * ``"valid"``: no padding, ``y`` has shape ``(H - h + 1, W - w + 1)``;
 * ``"circular"``, ``"reflect"``, ``"replicate"``, ``"zeros"``: ``x`` is extended by
@@ -10,7 +11,8 @@ with the kernel's centre at index ``(h // 2, w // 2)``. Boundary handling:
 
 Every padding is a gather ``x_pad = x[idx]`` with a fixed index map (``"zeros"``: embedding),
 so its adjoint is the scatter-add ``index_add`` along the same map; the convolution's adjoint is
-``conv_transpose2d``. No ``torch.func`` transform runs at call time, so the operator works with
+the transposed convolution (``conv_transpose2d`` / ``conv_transpose3d``). No ``torch.func``
+transform runs at call time, so the operator works with
 ``torch.autograd.graph.saved_tensors_hooks`` (checkpointing, offloading, memory measurement).
 """
 
@@ -21,10 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from unroll.physics._utils import require_image, require_real, require_same_precision
+from unroll.physics._utils import require_real, require_same_precision
 from unroll.physics.base import LinearPhysics
 
-__all__ = ["Blur", "gaussian_blur", "conv2d", "conv_transpose2d"]
+__all__ = ["Blur", "gaussian_blur", "conv2d", "conv_transpose2d", "conv3d", "conv_transpose3d"]
 
 PADDINGS = ("valid", "circular", "reflect", "replicate", "zeros")
 
@@ -89,9 +91,14 @@ def gaussian_blur(
 
 
 # ---------------------------------------------------------------------- padding
-def _pad_sizes(kh: int, kw: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) so that a valid convolution returns the input size."""
-    return kh // 2 - (kh - 1) % 2, kh // 2, kw // 2 - (kw - 1) % 2, kw // 2
+def _pad_sizes(*ks: int) -> tuple[int, ...]:
+    """``(before_0, after_0, before_1, after_1, ...)`` for kernel sizes ``ks`` (one per spatial
+    dim, outermost first) so that a valid convolution returns the input size; in 2-D
+    ``(top, bottom, left, right)``."""
+    out: list[int] = []
+    for k in ks:
+        out += [k // 2 - (k - 1) % 2, k // 2]
+    return tuple(out)
 
 
 def _index_map(n: int, before: int, after: int, mode: str, device: torch.device) -> torch.Tensor:
@@ -108,71 +115,99 @@ def _index_map(n: int, before: int, after: int, mode: str, device: torch.device)
     return torch.where(j >= n, 2 * n - 2 - j, j)
 
 
-def pad(x: torch.Tensor, sizes: tuple[int, int, int, int], mode: str) -> torch.Tensor:
-    """Extend the last two dims of ``x`` by ``(top, bottom, left, right)`` with ``mode``."""
-    top, bottom, left, right = sizes
+def _pairs(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [(sizes[2 * i], sizes[2 * i + 1]) for i in range(len(sizes) // 2)]
+
+
+def pad(x: torch.Tensor, sizes: tuple[int, ...], mode: str) -> torch.Tensor:
+    """Extend the last ``len(sizes) // 2`` dims of ``x`` by ``sizes = (before_0, after_0,
+    ...)`` (2-D: ``(top, bottom, left, right)``) with ``mode``."""
+    pairs = _pairs(sizes)
+    n = len(pairs)
     if mode == "zeros":
-        return F.pad(x, (left, right, top, bottom))
-    H, W = x.shape[-2:]
-    ih = _index_map(H, top, bottom, mode, x.device)
-    iw = _index_map(W, left, right, mode, x.device)
-    return x.index_select(-2, ih).index_select(-1, iw)
+        flat = [p for pair in reversed(pairs) for p in pair]
+        return F.pad(x, flat)
+    for d, (before, after) in enumerate(pairs):
+        dim = x.dim() - n + d
+        x = x.index_select(dim, _index_map(x.shape[dim], before, after, mode, x.device))
+    return x
 
 
-def pad_adjoint(y: torch.Tensor, sizes: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+def pad_adjoint(y: torch.Tensor, sizes: tuple[int, ...], mode: str) -> torch.Tensor:
     """Adjoint of :func:`pad`: scatter-add each padded sample back onto its source."""
-    top, bottom, left, right = sizes
-    Hp, Wp = y.shape[-2:]
-    H, W = Hp - top - bottom, Wp - left - right
+    pairs = _pairs(sizes)
+    n = len(pairs)
     if mode == "zeros":
-        return y[..., top : top + H, left : left + W]
-    ih = _index_map(H, top, bottom, mode, y.device)
-    iw = _index_map(W, left, right, mode, y.device)
-    out = y.new_zeros(y.shape[:-1] + (W,)).index_add(-1, iw, y)
-    return out.new_zeros(out.shape[:-2] + (H, W)).index_add(-2, ih, out)
+        index = tuple(slice(b, y.shape[y.dim() - n + d] - a) for d, (b, a) in enumerate(pairs))
+        return y[(Ellipsis, *index)]
+    for d, (before, after) in reversed(list(enumerate(pairs))):
+        dim = y.dim() - n + d
+        size = y.shape[dim] - before - after
+        idx = _index_map(size, before, after, mode, y.device)
+        shape = list(y.shape)
+        shape[dim] = size
+        y = y.new_zeros(shape).index_add(dim, idx, y)
+    return y
 
 
 # ---------------------------------------------------------------------- convolution
 FFT_MIN_AREA = 100
-"""Kernels with ``h·w`` at least this use FFTs (faster on CPU from about 10×10); smaller ones
-use a grouped direct convolution. Both compute the same operator exactly."""
+"""Kernels with ``h·w`` (3-D: ``d·h·w``) at least this use FFTs (faster on CPU from about
+10×10); smaller ones use a grouped direct convolution. Both compute the same operator
+exactly."""
+
+_DIRECT = {2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
 
 
 def _use_fft(k: torch.Tensor) -> bool:
-    return k.shape[-2] * k.shape[-1] >= FFT_MIN_AREA
+    return math.prod(k.shape[2:]) >= FFT_MIN_AREA
 
 
-def _grouped(x: torch.Tensor, k: torch.Tensor, op) -> torch.Tensor:
-    """Apply ``op`` (conv2d / conv_transpose2d with weight ``k`` flipped) channel by channel as
-    one grouped convolution, for a kernel ``(b, c, h, w)``, ``b ∈ {1, B}``, ``c ∈ {1, C}``."""
-    B, C, H, W = x.shape
-    b, c, h, w = k.shape
-    kf = k.flip(-2, -1).expand(B, C, h, w).reshape(B * C, 1, h, w)
-    out = op(x.reshape(1, B * C, H, W), kf, groups=B * C)
-    return out.reshape(B, C, out.shape[-2], out.shape[-1])
+def _grouped(x: torch.Tensor, k: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """Apply conv / conv_transpose (2-D or 3-D, weight ``k`` flipped) channel by channel as
+    one grouped convolution, for a kernel ``(b, c, *ks)``, ``b ∈ {1, B}``, ``c ∈ {1, C}``."""
+    B, C, *spatial = x.shape
+    ks = k.shape[2:]
+    n = len(ks)
+    op = _DIRECT[n][1 if transpose else 0]
+    dims = tuple(range(-n, 0))
+    kf = k.flip(dims).expand(B, C, *ks).reshape(B * C, 1, *ks)
+    out = op(x.reshape(1, B * C, *spatial), kf, groups=B * C)
+    return out.reshape(B, C, *out.shape[2:])
 
 
-def _spectrum(k: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``rfft2`` of the kernel zero-padded (at the end) to ``size``."""
-    return torch.fft.rfft2(k, s=size)
+def _spectrum(k: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``rfftn`` of the kernel zero-padded (at the end) to ``size`` (its last dims)."""
+    return torch.fft.rfftn(k, s=size, dim=tuple(range(-len(size), 0)))
 
 
 def _conv_fft(x: torch.Tensor, k: torch.Tensor, spec: torch.Tensor | None = None):
     """Valid convolution as a circular one on ``x``'s grid, cropped where nothing wraps."""
-    H, W = x.shape[-2:]
-    h, w = k.shape[-2:]
-    spec = _spectrum(k, (H, W)) if spec is None else spec
-    full = torch.fft.irfft2(torch.fft.rfft2(x) * spec, s=(H, W))
-    return full[..., h - 1 :, w - 1 :]
+    n = k.dim() - 2
+    size = tuple(x.shape[-n:])
+    dims = tuple(range(-n, 0))
+    spec = _spectrum(k, size) if spec is None else spec
+    full = torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * spec, s=size, dim=dims)
+    return full[(Ellipsis, *(slice(kd - 1, None) for kd in k.shape[2:]))]
 
 
 def _conv_transpose_fft(y: torch.Tensor, k: torch.Tensor, spec: torch.Tensor | None = None):
     """Adjoint of :func:`_conv_fft`: embed ``y`` (zeros elsewhere), correlate circularly."""
-    h, w = k.shape[-2:]
-    H, W = y.shape[-2] + h - 1, y.shape[-1] + w - 1
-    spec = _spectrum(k, (H, W)) if spec is None else spec
-    embedded = F.pad(y, (w - 1, 0, h - 1, 0))
-    return torch.fft.irfft2(torch.fft.rfft2(embedded) * spec.conj(), s=(H, W))
+    ks = k.shape[2:]
+    n = len(ks)
+    size = tuple(y.shape[-n + d] + ks[d] - 1 for d in range(n))
+    dims = tuple(range(-n, 0))
+    spec = _spectrum(k, size) if spec is None else spec
+    embedded = F.pad(y, [p for kd in reversed(ks) for p in (kd - 1, 0)])
+    return torch.fft.irfftn(torch.fft.rfftn(embedded, dim=dims) * spec.conj(), s=size, dim=dims)
+
+
+def _conv(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return _conv_fft(x, k) if _use_fft(k) else _grouped(x, k, transpose=False)
+
+
+def _conv_transpose(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return _conv_transpose_fft(y, k) if _use_fft(k) else _grouped(y, k, transpose=True)
 
 
 def conv2d(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -183,13 +218,48 @@ def conv2d(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     (``h·w ≥ FFT_MIN_AREA``) go through real FFTs, small ones through a grouped convolution.
     """
     _same_dtype("conv2d", x, k)
-    return _conv_fft(x, k) if _use_fft(k) else _grouped(x, k, F.conv2d)
+    _rank("conv2d", x, k, 4)
+    return _conv(x, k)
 
 
 def conv_transpose2d(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Adjoint of :func:`conv2d`: output ``(B, C, H + h - 1, W + w - 1)``."""
     _same_dtype("conv_transpose2d", y, k)
-    return _conv_transpose_fft(y, k) if _use_fft(k) else _grouped(y, k, F.conv_transpose2d)
+    _rank("conv_transpose2d", y, k, 4)
+    return _conv_transpose(y, k)
+
+
+def conv3d(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    r"""Valid 3-D convolution :math:`y_{i} = \sum_{b} k_{b}\, x_{i + s - 1 - b}` per channel
+    (``i, b, s`` multi-indices over depth, height, width; a true convolution).
+
+    ``x``: ``(B, C, D, H, W)``; ``k``: ``(b, c, d, h, w)``, ``b ∈ {1, B}``, ``c ∈ {1, C}``.
+    Output ``(B, C, D - d + 1, H - h + 1, W - w + 1)``. Adjoint: :func:`conv_transpose3d`.
+
+    Example:
+        >>> import torch
+        >>> from unroll.physics import conv3d
+        >>> conv3d(torch.ones(1, 1, 4, 5, 6), torch.ones(1, 1, 2, 2, 2)).shape
+        torch.Size([1, 1, 3, 4, 5])
+    """
+    _same_dtype("conv3d", x, k)
+    _rank("conv3d", x, k, 5)
+    return _conv(x, k)
+
+
+def conv_transpose3d(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Adjoint of :func:`conv3d`: output ``(B, C, D + d - 1, H + h - 1, W + w - 1)``."""
+    _same_dtype("conv_transpose3d", y, k)
+    _rank("conv_transpose3d", y, k, 5)
+    return _conv_transpose(y, k)
+
+
+def _rank(api: str, x: torch.Tensor, k: torch.Tensor, dim: int) -> None:
+    if x.dim() != dim or k.dim() != dim:
+        raise ValueError(
+            f"{api}: input and kernel must both have {dim} dims, got {tuple(x.shape)} and "
+            f"{tuple(k.shape)}."
+        )
 
 
 def _same_dtype(api: str, x: torch.Tensor, k: torch.Tensor) -> None:
@@ -202,17 +272,24 @@ def _same_dtype(api: str, x: torch.Tensor, k: torch.Tensor) -> None:
 
 # ---------------------------------------------------------------------- the operator
 class Blur(LinearPhysics):
-    r"""Blur (convolution) operator :math:`y = k * x` with a chosen boundary condition.
+    r"""Blur (convolution) operator :math:`y = k * x` with a chosen boundary condition, in 2-D
+    or 3-D.
 
     Args:
-        filter: kernel ``(h, w)`` or ``(b, c, h, w)`` with ``b ∈ {1, B}`` (shared or one per
-            sample) and ``c ∈ {1, C}`` (shared or one per channel); real. It is a pytree leaf:
-            it may require grad or come from a network, and gradients reach it through
-            ``A``, ``A_adjoint`` and ``prox_l2`` (implicit or not).
+        filter: 2-D kernel ``(h, w)`` or ``(b, c, h, w)``, or 3-D kernel ``(b, c, d, h, w)``
+            (then images are ``(B, C, D, H, W)`` volumes), with ``b ∈ {1, B}`` (shared or
+            one per sample) and ``c ∈ {1, C}`` (shared or one per channel); real. It is a
+            pytree leaf: it may require grad or come from a network, and gradients reach it
+            through ``A``, ``A_adjoint`` and ``prox_l2`` (implicit or not).
         padding: ``"valid"`` (output smaller than the image), ``"circular"``, ``"reflect"``,
-            ``"replicate"`` or ``"zeros"`` (output the image's size).
+            ``"replicate"`` or ``"zeros"`` (output the image's size), in 2-D and 3-D alike
+            (DeepInverse 0.4.1 has only ``"valid"`` and ``"circular"`` in 3-D).
         noise_model, max_iter, tol, implicit_backward_solver: see :class:`LinearPhysics`.
             ``prox_l2`` has no closed form here and uses CG (:func:`least_squares`).
+
+    Each boundary condition extends the image by ``s // 2 - (s - 1) % 2`` samples before and
+    ``s // 2`` after along a dimension where the kernel has size ``s`` (DeepInverse's
+    convention, in 3-D too).
 
     Example:
         >>> import torch
@@ -225,6 +302,9 @@ class Blur(LinearPhysics):
         >>> h = physics.prox_l2(torch.zeros_like(x), physics(x), 1.0)
         >>> h.shape
         torch.Size([8, 3, 32, 32])
+        >>> volume = Blur(torch.ones(1, 1, 3, 3, 3) / 27, padding="circular")
+        >>> volume.A(torch.rand(2, 1, 8, 16, 16)).shape
+        torch.Size([2, 1, 8, 16, 16])
     """
 
     leaves = ("filter",)
@@ -243,9 +323,10 @@ class Blur(LinearPhysics):
         require_real("Blur", "filter", filter)
         if filter.dim() == 2:
             filter = filter.reshape(1, 1, *filter.shape)
-        if filter.dim() != 4:
+        if filter.dim() not in (4, 5):
             raise ValueError(
-                f"Blur: filter must have shape (h, w) or (b, c, h, w), got {tuple(filter.shape)}."
+                f"Blur: filter must have shape (h, w), (b, c, h, w) or, in 3-D, (b, c, d, h, w); "
+                f"got {tuple(filter.shape)}."
             )
         if padding not in PADDINGS:
             raise ValueError(f"Blur: padding must be one of {PADDINGS}, got {padding!r}.")
@@ -254,27 +335,35 @@ class Blur(LinearPhysics):
         self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
-        require_image(api, name, x)
+        require_real(api, name, x)
+        rank = self.filter.dim()
+        if x.dim() != rank:
+            layout = "(B, C, H, W) image batch" if rank == 4 else "(B, C, D, H, W) volume batch"
+            raise ValueError(
+                f"{api}: {name} must be a {layout} for this {rank - 2}-D filter, got shape "
+                f"{tuple(x.shape)}; add the missing batch/channel dimensions with unsqueeze."
+            )
         require_same_precision(api, "filter", self.filter, name, x)
-        B, C, H, W = x.shape
-        b, c, h, w = self.filter.shape
+        B, C, *spatial = x.shape
+        b, c, *ks = self.filter.shape
         if b not in (1, B) or c not in (1, C):
             raise ValueError(
                 f"{api}: filter of shape {tuple(self.filter.shape)} does not fit {name} of shape "
                 f"{tuple(x.shape)}; its batch dim must be 1 or {B} and its channel dim 1 or {C}."
             )
-        if self.padding == "valid" and name == "x" and (H < h or W < w):
+        if self.padding == "valid" and name == "x" and any(n < k for n, k in zip(spatial, ks)):
             raise ValueError(
-                f"{api}: the {h}x{w} filter is larger than the {H}x{W} image; valid padding "
-                "needs H >= h and W >= w (use a smaller filter or another padding)."
+                f"{api}: the {tuple(ks)} filter is larger than the {tuple(spatial)} image; valid "
+                "padding needs every image size >= the filter's (use a smaller filter or another "
+                "padding)."
             )
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """``k * x`` with the boundary condition ``padding``."""
         self._check("Blur.A", "x", x)
         if self.padding != "valid":
-            x = pad(x, _pad_sizes(*self.filter.shape[-2:]), self.padding)
-        return conv2d(x, self.filter)
+            x = pad(x, _pad_sizes(*self.filter.shape[2:]), self.padding)
+        return _conv(x, self.filter)
 
     def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
         return self.normal_operator(x)(x)
@@ -285,27 +374,30 @@ class Blur(LinearPhysics):
         if self.padding != "valid" or not _use_fft(self.filter):
             return lambda x: self.A_adjoint(self.A(x))
         self._check("Blur.A_adjoint_A", "x", like)
-        H, W = like.shape[-2:]
-        h, w = self.filter.shape[-2:]
-        spec = _spectrum(self.filter, (H, W))
+        ks = self.filter.shape[2:]
+        n = len(ks)
+        size = tuple(like.shape[-n:])
+        dims = tuple(range(-n, 0))
+        spec = _spectrum(self.filter, size)
         spec_conj = spec.conj()
-        valid = torch.zeros(H, W, dtype=like.dtype, device=like.device)
-        valid[h - 1 :, w - 1 :] = 1
+        valid = torch.zeros(size, dtype=like.dtype, device=like.device)
+        valid[tuple(slice(k - 1, None) for k in ks)] = 1
 
         def normal(x: torch.Tensor) -> torch.Tensor:
             if x.shape != like.shape:
                 raise ValueError(
                     f"Blur.A_adjoint_A: x has shape {tuple(x.shape)}, expected {tuple(like.shape)}."
                 )
-            full = torch.fft.irfft2(torch.fft.rfft2(x) * spec, s=(H, W))
-            return torch.fft.irfft2(torch.fft.rfft2(full * valid) * spec_conj, s=(H, W))
+            full = torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * spec, s=size, dim=dims)
+            out = torch.fft.rfftn(full * valid, dim=dims) * spec_conj
+            return torch.fft.irfftn(out, s=size, dim=dims)
 
         return normal
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Exact adjoint: ``conv_transpose2d`` then the adjoint of the padding."""
+        """Exact adjoint: the transposed convolution then the adjoint of the padding."""
         self._check("Blur.A_adjoint", "y", y)
-        x = conv_transpose2d(y, self.filter)
+        x = _conv_transpose(y, self.filter)
         if self.padding != "valid":
-            x = pad_adjoint(x, _pad_sizes(*self.filter.shape[-2:]), self.padding)
+            x = pad_adjoint(x, _pad_sizes(*self.filter.shape[2:]), self.padding)
         return x
