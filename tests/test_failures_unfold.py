@@ -364,11 +364,7 @@ BAD_INPUTS = {
         ValueError,
         ["unroll.unfolded.unfold: a DEQ has one set of parameters", "per_iteration=()"],
     ),
-    "DEQ with a per-iteration list": (
-        lambda: PGD(prior=Tikhonov(), stepsize=[1.0, 0.5], max_iter=2, DEQ=DEQConfig()),
-        ValueError,
-        ["unroll.optim.PGD: a DEQ has one set of parameters", "['stepsize']"],
-    ),
+    # (a DEQ given a per-iteration list uses its last value, as DeepInverse: tests/test_unfolded.py)
     "params_at old signature": (
         lambda: params_at({"stepsize": torch.ones(3)}, 0, 3),
         TypeError,

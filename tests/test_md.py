@@ -224,3 +224,25 @@ def test_errors():
         NegEntropy(simplex=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown parameter 'beta'"):
         run(md(L2(), Tikhonov()), torch.ones(1, 2), Denoising(), {"stepsize": 1.0, "beta": 1.0}, 2)
+
+
+# ------------------------------------------------------------------ the unroll.optim classes
+def test_md_and_pmd_classes_with_the_l2_potential_equal_gd_and_pgd():
+    from unroll import optim
+    from unroll.algorithms import BregmanL2
+    from unroll.physics import Denoising
+
+    y = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    smooth = dict(data_fidelity=optim.L2(), prior=optim.Tikhonov(), stepsize=0.5,
+                  lambda_reg=0.25, max_iter=200, tol=None)  # fmt: skip
+    # (0.25 and 0.125: exact in the float32 the classes store hyperparameters in)
+    gd_x = optim.GD(**smooth)(y, Denoising())
+    md_x = optim.MD(BregmanL2(), **smooth)(y, Denoising())
+    torch.testing.assert_close(md_x, gd_x, rtol=0, atol=1e-15)
+    torch.testing.assert_close(md_x, y / 1.25, rtol=0, atol=1e-12)  # argmin ½‖x−y‖² + ⅛‖x‖²
+    sparse = dict(data_fidelity=optim.L2(), prior=optim.L1Prior(), stepsize=0.5,
+                  lambda_reg=0.125, max_iter=200, tol=None)  # fmt: skip
+    pmd_x = optim.PMD(**sparse)(y, Denoising())
+    torch.testing.assert_close(pmd_x, optim.PGD(**sparse)(y, Denoising()), rtol=0, atol=1e-15)
+    soft = torch.sign(y) * (y.abs() - 0.125).clamp_min(0)  # prox of 0.125‖·‖₁ at y
+    torch.testing.assert_close(pmd_x, soft, rtol=0, atol=1e-12)

@@ -149,3 +149,25 @@ def test_k_path_needs_the_data_fidelity_prox():
 
     with pytest.raises(TypeError, match=r"^unroll\.algorithms\.pdhg: data_fidelity must provide"):
         pdhg(MeasurementOnly(), Tikhonov(), K=K, K_adjoint=K_adjoint)
+
+
+# ------------------------------------------------------------------ the unroll.optim classes
+def test_pdcp_class_takes_k_as_keywords_or_in_params_algo_and_reaches_the_closed_form():
+    """min ½‖Kx − y‖² + (λ/2)‖x‖² with K = 2·I: x* = 2y / (4 + λ)."""
+    from unroll.optim import PDCP
+
+    y = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    double = lambda x: 2 * x  # noqa: E731
+    common = dict(data_fidelity=L2(), prior=Tikhonov(), max_iter=2000, tol=None)
+    by_keyword = PDCP(K=double, K_adjoint=double, stepsize=0.2, stepsize_dual=0.2,
+                      lambda_reg=0.5, **common)  # fmt: skip
+    in_params = PDCP(
+        params_algo={"stepsize": 0.2, "stepsize_dual": 0.2, "lambda": 0.5, "K": double,
+                     "K_adjoint": double},
+        **common,
+    )  # fmt: skip
+    a, b = by_keyword(y, Denoising()), in_params(y, Denoising())
+    torch.testing.assert_close(a, 2 * y / 4.5, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^unroll.optim.PDCP: K given both"):
+        PDCP(K=double, params_algo={"K": lambda x: 3 * x}, **common)

@@ -4,7 +4,7 @@ trainable parameters, per-iteration vs shared parameters, the pure form and vmap
 import pytest
 import torch
 from dense_physics import MatrixPhysics  # shared test operator (tests/dense_physics.py)
-from helpers import algorithm_names, central_fd  # shared tables (tests/helpers.py)
+from helpers import algorithm_names, algorithm_spec, central_fd  # shared tables
 from torch import nn
 
 from unroll import algorithms, tree
@@ -57,7 +57,8 @@ def base_params(name):
 
 
 def prior_for(name):
-    return TinyRED(TinyDenoiser()) if name == "gd" else PnP(TinyDenoiser())
+    needs_grad = algorithm_spec(name).prior_grad  # GD, MD: the prior's gradient
+    return TinyRED(TinyDenoiser()) if needs_grad else PnP(TinyDenoiser())
 
 
 def to_tensors(params):
@@ -336,15 +337,20 @@ def test_vmap_over_a_batch_of_physics():
     torch.testing.assert_close(gb.matrix, gl)
 
 
-def test_deq_rejects_per_iteration_parameters():
-    with pytest.raises(ValueError, match="^unroll.unfolded: a DEQ has one set"):
-        unfolded_builder(
-            "PGD",
-            params_algo={"stepsize": [0.1, 0.2]},
-            prior=Tikhonov(),
-            max_iter=2,
-            DEQ=DEQConfig(),
-        )
+def test_deq_with_per_iteration_lists_uses_the_last_value():
+    # DeepInverse accepts per-iteration lists in a DEQ; its equilibrium step uses the last ones
+    physics, _, y = problem()
+    cfg = DEQConfig(tol=1e-12, max_iter=500, tol_backward=1e-12, max_iter_backward=500)
+    kw = dict(prior=Tikhonov(), max_iter=2, DEQ=cfg, trainable_params=["stepsize"])
+    listed = unfolded_builder("HQS", params_algo={"stepsize": [0.1, 0.2]}, **kw).double()
+    last = unfolded_builder("HQS", params_algo={"stepsize": 0.2}, **kw).double()
+    out, ref = listed(y, physics), last(y, physics)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    out.sum().backward()
+    ref.sum().backward()
+    grad = listed.hyper.stepsize.grad
+    assert grad.shape == (2,) and grad[0] == 0
+    torch.testing.assert_close(grad[1], last.hyper.stepsize.grad)
 
 
 def test_unfolded_is_a_module_with_unfold_false_classical_run():

@@ -48,7 +48,65 @@ from unroll.fixed_point import (
 from unroll.implicit._rules import ClosedOverTensorError, _custom_fixed_point
 from unroll.linear_solve import solve_anderson, solve_fixed_point
 
-__all__ = ["DEQConfig", "deq", "DEQ"]
+__all__ = ["AndersonAccelerationConfig", "DEQConfig", "deq", "DEQ"]
+
+
+@dataclasses.dataclass
+class AndersonAccelerationConfig:
+    r"""Anderson acceleration of an algorithm's iterations (DeepInverse 0.4.1's fields and
+    defaults), for ``anderson_acceleration=`` of :mod:`unroll.optim`'s classes,
+    :class:`unroll.unfolded.Unfolded` and :func:`unroll.unfolded.unfold`.
+
+    Each iteration mixes the last ``history_size`` iterates :math:`x_i` and their images
+    :math:`f_i = T(x_i)`:
+
+    .. math:: x_{k+1} = \sum_i lpha_iig(eta f_i + (1-eta) x_iig),\qquad
+              lpha = rg\min_{\sum_i lpha_i = 1}\Big\|\sum_ilpha_i(f_i - x_i)\Big\|^2
+              + \lambda\|lpha\|^2,
+
+    with :math:`\lambda` = ``eps`` :math:`\cdot\,rac1m\sum_i\|f_i - x_i\|^2` *relative* to
+    the residuals (DeepInverse's ``eps`` is absolute), per sample (see
+    :class:`unroll.algorithms.base.AndersonMixer`). With a ``DEQ`` it configures the DEQ's
+    forward solve instead (:attr:`DEQConfig.anderson_acceleration_forward`).
+
+    Attributes:
+        history_size: number of past iterates mixed, ``m >= 1`` (default 10).
+        beta: damping ``β > 0`` (default 0.9).
+        eps: relative ridge ``>= 0`` of the mixing problem (default 0.1).
+        full_backprop: backpropagate through every kept iterate (True) or only the current
+            one, the history detached (False, the default, as DeepInverse).
+
+    Example:
+        >>> import torch
+        >>> from unroll.algorithms import pgd, run
+        >>> from unroll.optim import L2, Tikhonov
+        >>> from unroll.physics import Denoising
+        >>> y = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+        >>> x, _ = run(pgd(L2(), Tikhonov()), y, Denoising(), {"stepsize": 0.1}, 30,
+        ...            acceleration=AndersonAccelerationConfig())
+        >>> torch.allclose(x, y / 2)  # argmin ½‖x − y‖² + ½‖x‖²
+        True
+    """
+
+    history_size: int = 10
+    beta: float = 0.9
+    eps: float = 0.1
+    full_backprop: bool = False
+
+    def __post_init__(self) -> None:
+        api = "unroll.optim.AndersonAccelerationConfig"
+        m = self.history_size
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"{api}: history_size must be an int >= 1, got {m!r}.")
+        for name, low in (("beta", 0.0), ("eps", None)):
+            v = getattr(self, name)
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = number and v < float("inf") and (v > 0 if low is not None else v >= 0)
+            if not ok:
+                bound = "> 0" if low is not None else ">= 0"
+                raise ValueError(f"{api}: {name} must be a finite number {bound}, got {v!r}.")
+        if not isinstance(self.full_backprop, bool):
+            raise TypeError(f"{api}: full_backprop must be a bool, got {self.full_backprop!r}.")
 
 
 @dataclasses.dataclass

@@ -8,6 +8,13 @@
   (exactly the ``trainable_params`` are ``nn.Parameter``\\ s, the others buffers) and the
   prior's network, and calls the pure core. :func:`unfolded_builder` builds one by name.
 
+Untied layers (DeepInverse's ``prior=[...]``): a list of ``max_iter`` priors or data
+fidelities gives each iteration its own (registered as ``prior.0``, ``prior.1``, ...); in the
+pure core, :func:`unfold` takes a list of algorithms and ``params["prior"]`` a list of weight
+dicts. A DeepInverse ``state_dict`` (``params_algo.stepsize.0``, ...) loads into
+:class:`Unfolded` (:meth:`Unfolded.load_deepinv_state_dict`); ``model(y, physics, init=x0)``,
+``g_first`` and ``anderson_acceleration`` are DeepInverse's options.
+
 Per-iteration or shared is never guessed from a shape. In the pure core it is explicit:
 ``unfold(algorithm, K, per_iteration=("stepsize",))`` reads ``params["stepsize"][k]`` at
 iteration ``k``, and every other value is shared. In the modules it follows DeepInverse: a
@@ -32,7 +39,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -41,21 +51,26 @@ from torch import nn
 
 from unroll import algorithms as _alg
 from unroll import equilibrium, tree
+from unroll._host import try_bool
 from unroll.algorithms.base import (
     ALIASES,
     PRIOR_KEY,
     Algorithm,
+    AndersonMixer,
+    as_layers,
     canonical,
     check_count,
     check_hyperparameters,
     check_keys,
     check_per_iteration,
+    check_prior_layers,
     check_tol,
-    known_params,
+    initial_state,
+    layer_keys,
     params_at,
     per_iteration_names,
 )
-from unroll.equilibrium import DEQConfig
+from unroll.equilibrium import AndersonAccelerationConfig, DEQConfig
 
 Tensor = torch.Tensor
 
@@ -69,12 +84,13 @@ __all__ = [
 
 
 def unfold(
-    algorithm: Algorithm,
+    algorithm: Algorithm | Sequence[Algorithm],
     max_iter: int,
     *,
     deq: DEQConfig | None = None,
     per_iteration: str | Collection[str] = (),
-) -> Callable[[dict, Tensor, Any], Tensor]:
+    acceleration: AndersonAccelerationConfig | None = None,
+) -> Callable[..., Tensor]:
     """A pure, differentiable ``(params, y, physics) -> x`` from an algorithm.
 
     Unrolled: ``x = output(s_K)``, ``s_{k+1} = step(s_k, y, physics, p_k)``,
@@ -101,6 +117,15 @@ def unfold(
     (:attr:`~unroll.algorithms.Algorithm.equilibrium`: FISTA's momentum counter grows forever,
     so a FISTA DEQ runs PGD's map, which has the same fixed points).
 
+    Untied layers: ``algorithm`` may be a list of ``max_iter`` algorithms (e.g. one per
+    prior, ``[pgd(L2(), prior_k) for prior_k in priors]``); iteration ``k`` runs the ``k``-th
+    one's ``step``, and ``params["prior"]`` may then be a list of ``max_iter`` weight dicts,
+    iteration ``k`` reading the ``k``-th. A DEQ runs the last layer.
+
+    ``apply(params, y, physics, init=None)``: ``init`` starts from a given estimate instead of
+    ``Aᵀy`` (a tensor ``x₀``, ``(x₀, z₀)``, DeepInverse's ``{"est": (x₀, z₀)}``, a callable
+    ``init(y, physics)`` or a state; see :func:`unroll.algorithms.base.initial_state`).
+
     At each call, keys of ``params`` outside the algorithm's
     :attr:`~unroll.algorithms.Algorithm.param_names` raise a ValueError that suggests the
     closest known name, per-iteration values must have leading dimension ``max_iter``, and
@@ -112,9 +137,14 @@ def unfold(
         deq: None (unrolled) or a ``DEQConfig``.
         per_iteration: the keys of ``params`` that hold one value per iteration (a name or a
             collection of names; aliases such as ``"g_param"`` accepted).
+        acceleration: None or an :class:`unroll.optim.AndersonAccelerationConfig`: Anderson
+            acceleration of the unrolled iterations (differentiable; see
+            :class:`unroll.algorithms.base.AndersonMixer`); with ``deq`` it turns on the DEQ's
+            Anderson forward with these settings.
 
     Returns:
-        ``apply(params, y, physics) -> x``; composes with ``torch.func.grad``/``vmap``.
+        ``apply(params, y, physics, init=None) -> x``; composes with
+        ``torch.func.grad``/``vmap``.
 
     Example:
         >>> import torch
@@ -137,18 +167,28 @@ def unfold(
         ValueError: ...: unknown parameter 'lamda_reg' (did you mean 'lambda_reg'?); known: ...
     """
     api = "unroll.unfolded.unfold"
-    if not isinstance(algorithm, Algorithm):
+    if not isinstance(algorithm, (Algorithm, list, tuple)):
         raise TypeError(
             f"{api}: algorithm must be an unroll.algorithms.Algorithm (e.g. "
             f"unroll.algorithms.pgd(L2(), prior)), got {type(algorithm).__name__}."
         )
     check_count(api, "max_iter", max_iter)
+    layers = as_layers(api, algorithm, max_iter)
     if deq is not None and not isinstance(deq, DEQConfig):
         raise TypeError(
             f"{api}: deq must be None or an unroll.DEQConfig (e.g. deq=unroll.DEQConfig()), "
             f"got {type(deq).__name__}."
         )
-    known = known_params(algorithm)
+    acceleration = anderson_config(api, acceleration)
+    if deq is not None and acceleration is not None:
+        deq = dataclasses.replace(
+            deq,
+            anderson_acceleration_forward=True,
+            history_size_forward=acceleration.history_size,
+            beta_anderson_acc_forward=acceleration.beta,
+            eps_anderson_acc_forward=acceleration.eps,
+        )
+    known = layer_keys(layers)
     names = per_iteration_names(api, per_iteration, known)
     if deq is not None and names:
         raise ValueError(
@@ -163,21 +203,24 @@ def unfold(
         check_keys(api, params, known, "parameter")
         params = canonical(params, api)
         check_per_iteration(api, params, names, max_iter)
+        check_prior_layers(api, params, max_iter)
         check_dtypes(api, params, y)
         return params
 
-    def apply_unrolled(params: dict, y: Tensor, physics: Any) -> Tensor:
+    def apply_unrolled(params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
         params = prepare(params, y)
-        state = algorithm.init(y, physics, params_at(params, 0, names))
+        state = initial_state(layers[0], y, physics, params_at(params, 0, names), init)
+        mixer = AndersonMixer(acceleration) if acceleration is not None else None
         for k in range(max_iter):
-            state = algorithm.step(state, y, physics, params_at(params, k, names))
-        return algorithm.output(state)
+            new = layers[k].step(state, y, physics, params_at(params, k, names))
+            state = new if mixer is None else mixer(k, state, new)
+        return layers[-1].output(state)
 
-    fixed = algorithm.equilibrium or algorithm  # FISTA: PGD's map (same fixed points)
+    fixed = layers[-1].equilibrium or layers[-1]  # FISTA: PGD's map (same fixed points)
 
-    def apply_deq(params: dict, y: Tensor, physics: Any) -> Tensor:
-        params = prepare(params, y)
-        state0 = fixed.init(y, physics, params)
+    def apply_deq(params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
+        params = params_at(prepare(params, y), max_iter - 1)  # untied: the last layer's
+        state0 = initial_state(fixed, y, physics, params, init)
         state = equilibrium.deq(_deq_map(fixed), state0, y, physics, params, config=deq)
         return fixed.output(state)
 
@@ -185,11 +228,38 @@ def unfold(
 
 
 def _network(
-    algorithm: Algorithm, max_iter: int, config: DEQConfig | None, per_iteration: tuple
-) -> Callable[[dict, Tensor, Any], Tensor]:
+    algorithm: Any,
+    max_iter: int,
+    config: DEQConfig | None,
+    per_iteration: tuple,
+    acceleration: AndersonAccelerationConfig | None = None,
+) -> Callable[..., Tensor]:
     """:func:`unfold` for :class:`Unfolded`, whose ``unfold`` and ``DEQ`` arguments (the
     seeds' keyword names) shadow the functions inside its ``__init__``."""
-    return unfold(algorithm, max_iter, deq=config, per_iteration=per_iteration)
+    return unfold(
+        algorithm, max_iter, deq=config, per_iteration=per_iteration, acceleration=acceleration
+    )
+
+
+def anderson_config(api: str, value: Any) -> AndersonAccelerationConfig | None:
+    """``anderson_acceleration=`` as DeepInverse reads it: None / False → None, True → the
+    default :class:`unroll.optim.AndersonAccelerationConfig`.
+
+    Example:
+        >>> anderson_config("api", True).history_size
+        10
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return AndersonAccelerationConfig()
+    if not isinstance(value, AndersonAccelerationConfig):
+        raise TypeError(
+            f"{api}: anderson_acceleration must be None, a bool or an "
+            "unroll.optim.AndersonAccelerationConfig (e.g. "
+            f"AndersonAccelerationConfig(history_size=5)), got {type(value).__name__}."
+        )
+    return value
 
 
 def _deq_map(algorithm: Algorithm) -> Callable:
@@ -339,21 +409,50 @@ def deq_config(api: str, deq: Any) -> DEQConfig | None:
     return deq
 
 
+def _as_list(api: str, what: str, value: Any, max_iter: int) -> list | None:
+    """A list / tuple of priors or data fidelities: None for one object (or a one-element
+    list, returned as a list of one), else the ``max_iter`` of them (untied layers)."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    if len(value) == 0 or len(value) not in (1, max_iter):
+        raise ValueError(
+            f"{api}: {what} is a list of {len(value)} but max_iter={max_iter}; give one per "
+            f"iteration ({max_iter}, untied layers) or a single {what} (shared)."
+        )
+    return list(value)
+
+
+def _hold(items: list) -> Any:
+    """An ``nn.ModuleList`` when every item is a module (their weights are registered), else
+    a tuple."""
+    if all(isinstance(m, nn.Module) for m in items):
+        return nn.ModuleList(items)
+    return tuple(items)
+
+
+_DEEPINV_KEY = re.compile(r"^(init_)?params_algo\.([A-Za-z_]+)\.(\d+)$")
+
+
 class Unfolded(nn.Module):
     """An algorithm as an ``nn.Module``: unfolded network, DEQ, or classical solver.
 
     Args:
         iteration: algorithm name (``"GD"``, ``"PGD"``, ``"FISTA"``, ``"HQS"``, ``"ADMM"``,
             ``"DRS"``, ``"PDCP"``) or a factory ``(data_fidelity, prior) -> Algorithm``.
-        data_fidelity: ``f`` (default :class:`unroll.optim.L2`).
+        data_fidelity: ``f`` (default :class:`unroll.optim.L2`), or a list of ``max_iter``
+            of them (iteration ``k`` uses the ``k``-th; a one-element list is one shared).
         prior: ``g`` (a :class:`unroll.optim.Prior`; a network inside it is a submodule,
-            trainable by default).
-        params_algo: hyperparameters: ``stepsize``, ``lambda_reg``, ``sigma_denoiser`` (alias
-            ``g_param``), ``beta``, ``stepsize_dual`` (those the algorithm reads; another key
-            raises, suggesting the closest name). As in DeepInverse, a number or a tensor of
-            any shape is one value shared by all iterations; a list or tuple of ``max_iter``
-            numbers or tensors holds one value per iteration; a one-element list is one
-            shared value. Not mutated.
+            trainable by default), or a list of ``max_iter`` priors: untied layers, each
+            iteration with its own prior and weights (registered as ``prior.0``, ``prior.1``,
+            ..., as DeepInverse). A DEQ uses the last one.
+        params_algo: hyperparameters: ``stepsize``, ``lambda_reg`` (DeepInverse's key
+            ``lambda``), ``sigma_denoiser`` (``g_param``), ``beta``, ``stepsize_dual`` (those
+            the algorithm reads; another key raises, suggesting the closest name; a None value
+            is "not set", as DeepInverse). As in DeepInverse, a number or a tensor of any shape
+            is one value shared by all iterations; a list or tuple of ``max_iter`` numbers or
+            tensors holds one value per iteration; a one-element list is one shared value. A
+            DEQ uses the last of per-iteration values (as DeepInverse's equilibrium step).
+            Not mutated.
         trainable_params: names in ``params_algo`` (a list, or one name as a str) that become
             ``nn.Parameter``\\ s when ``unfold=True`` or ``DEQ`` is set; the others are
             buffers. Not mutated. Unknown or unset names raise.
@@ -363,13 +462,26 @@ class Unfolded(nn.Module):
         unfold: False for a classical solver (early stopping at ``tol``; its hyperparameters
             are trainable only with a ``DEQ``, as in DeepInverse).
         tol: early-stopping tolerance of the classical solver (relative change).
+        g_first: the step on the prior first (DeepInverse's ``g_first``; PGD, FISTA, HQS,
+            ADMM, DRS: see :func:`unroll.algorithms.pgd` and the others).
+        anderson_acceleration: None / False, True (the default
+            :class:`unroll.optim.AndersonAccelerationConfig`) or a config: Anderson
+            acceleration of the iterations (classical and unfolded; with a DEQ, of its
+            forward solve).
+        custom_init: DeepInverse's ``custom_init``: the ``init`` used when a call gives none
+            (a callable ``custom_init(y, physics)`` or a fixed start; see ``forward``).
 
-    Call ``model(y, physics)``; the pure form is ``model.apply(params, y, physics)`` with
-    ``params`` a dict of the model's named parameters/buffers (as in
-    :func:`torch.func.functional_call`). Hyperparameters are cast to the dtype of ``y``; the
-    prior's network must already have it (a TypeError says to call ``model.double()`` or
-    ``y.float()``). ``stepsize``, ``stepsize_dual`` and ``sigma_denoiser`` must be > 0,
-    ``lambda_reg`` >= 0 and all of them finite (checked at construction).
+    Call ``model(y, physics)`` or ``model(y, physics, init=x0)`` (a tensor, ``(x0, z0)``,
+    ``{"est": (x0, z0)}`` or a callable ``init(y, physics)``, as DeepInverse); the pure form is
+    ``model.apply(params, y, physics)`` with ``params`` a dict of the model's named
+    parameters/buffers (as in :func:`torch.func.functional_call`). Hyperparameters are cast to
+    the dtype of ``y``; the prior's network must already have it (a TypeError says to call
+    ``model.double()`` or ``y.float()``). ``stepsize``, ``stepsize_dual`` and
+    ``sigma_denoiser`` must be > 0, ``lambda_reg`` >= 0 and all of them finite (checked at
+    construction). After a classical run, :attr:`has_converged` says whether every sample
+    reached ``tol``. A DeepInverse ``state_dict`` (keys ``params_algo.stepsize.0``, ...,
+    ``prior.0.denoiser...``) loads with ``load_state_dict`` or
+    :meth:`load_deepinv_state_dict`.
 
     Example:
         >>> import torch
@@ -396,6 +508,9 @@ class Unfolded(nn.Module):
         DEQ: Any = None,  # noqa: N803
         unfold: bool = True,
         tol: float | None = None,
+        g_first: bool = False,
+        anderson_acceleration: Any = None,
+        custom_init: Any = None,
     ):
         super().__init__()
         from unroll.optim.data_fidelity import L2
@@ -403,21 +518,38 @@ class Unfolded(nn.Module):
         api = self._api
         self.iteration = iteration
         self.factory = _resolve(iteration)
-        self.data_fidelity = L2() if data_fidelity is None else data_fidelity
-        if prior is None:
-            raise ValueError(f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN()).")
-        self.prior = prior
         check_count(api, "max_iter", max_iter)
         check_tol(api, tol)
+        if not isinstance(g_first, bool):
+            raise TypeError(f"{api}: g_first must be a bool, got {g_first!r}.")
         DEQ = deq_config(api, DEQ)  # noqa: N806
+        self.anderson_config = anderson_config(api, anderson_acceleration)
         self.max_iter, self.deq_config, self.unfold, self.tol = max_iter, DEQ, unfold, tol
-        self.algorithm = self.factory(self.data_fidelity, prior)
-        if not isinstance(self.algorithm, Algorithm):
-            raise TypeError(
-                f"{api}: the iteration factory must return an unroll.algorithms.Algorithm, "
-                f"got {type(self.algorithm).__name__}."
-            )
-        known = tuple(n for n in known_params(self.algorithm) if n != PRIOR_KEY)
+        self.g_first, self.custom_init = g_first, custom_init
+        self.has_converged = False
+        if prior is None or (isinstance(prior, (list, tuple)) and not prior):
+            raise ValueError(f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN()).")
+        priors = _as_list(api, "prior", prior, max_iter)
+        fids = _as_list(api, "data_fidelity", data_fidelity, max_iter)
+        untied_p = priors is not None and len(priors) > 1
+        untied_f = fids is not None and len(fids) > 1
+        if priors is not None and not untied_p:
+            prior, priors = priors[0], None
+        if fids is not None and not untied_f:
+            data_fidelity, fids = fids[0], None
+        self.data_fidelity = (
+            _hold(fids) if fids is not None else L2() if data_fidelity is None else data_fidelity
+        )
+        self.prior = _hold(priors) if priors is not None else prior
+        p_list = priors or [prior] * max_iter
+        f_list = fids or [self.data_fidelity] * max_iter
+        self.algorithms: tuple[Algorithm, ...]
+        if untied_p or untied_f:
+            self.algorithms = tuple(self._build(f, p) for f, p in zip(f_list, p_list))
+        else:
+            self.algorithms = (self._build(self.data_fidelity, prior),)
+        self.algorithm = self.algorithms[-1]
+        known = tuple(n for n in layer_keys(self.algorithms) if n != PRIOR_KEY)
         self.hyper = _Hyper(
             api,
             params_algo or {},
@@ -426,27 +558,53 @@ class Unfolded(nn.Module):
             learnable=unfold or DEQ is not None,
             known=known,
         )
-        per_it = self.hyper.per_iteration_names
-        if DEQ is not None and per_it:
-            raise ValueError(
-                f"{api}: a DEQ has one set of parameters, but {list(per_it)} are per-iteration "
-                "lists; pass single numbers or tensors (or one-element lists)."
+        per_it = () if DEQ is not None else self.hyper.per_iteration_names
+        self._layers: Any = self.algorithms[-1] if len(self.algorithms) == 1 else self.algorithms
+        self._core = _network(self._layers, max_iter, DEQ, per_it, self.anderson_config)
+        self.register_load_state_dict_pre_hook(_deepinv_keys_hook)
+
+    def _build(self, data_fidelity: Any, prior: Any) -> Algorithm:
+        api = self._api
+        if self.g_first:
+            try:
+                accepts = "g_first" in inspect.signature(self.factory).parameters
+            except (TypeError, ValueError):
+                accepts = False
+            if not accepts:
+                raise ValueError(
+                    f"{api}: g_first=True is not supported by iteration {self.iteration!r}; "
+                    "use PGD, FISTA, HQS, ADMM or DRS, or g_first=False."
+                )
+            algorithm = self.factory(data_fidelity, prior, g_first=True)
+        else:
+            algorithm = self.factory(data_fidelity, prior)
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(
+                f"{api}: the iteration factory must return an unroll.algorithms.Algorithm, "
+                f"got {type(algorithm).__name__}."
             )
-        self._core = _network(self.algorithm, max_iter, DEQ, per_it)
+        return algorithm
 
     def params(self, dtype: torch.dtype | None = None) -> dict:
-        """The algorithm's parameters: hyperparameters (cast to ``dtype``) and prior weights."""
+        """The algorithm's parameters: hyperparameters (cast to ``dtype``) and prior weights
+        (a list of per-layer weight dicts for untied priors)."""
         params = self.hyper.as_dict(dtype)
-        weights = self.prior.weights() if hasattr(self.prior, "weights") else {}
+        if isinstance(self.prior, (nn.ModuleList, tuple)):
+            weights: Any = [_weights(p) for p in self.prior]
+            if not any(weights):
+                weights = None
+        else:
+            weights = _weights(self.prior)
         if weights:
             params[PRIOR_KEY] = weights
         return params
 
-    def forward(self, y: Tensor, physics: Any, **kwargs: Any) -> Tensor:
+    def forward(self, y: Tensor, physics: Any, init: Any = None, **kwargs: Any) -> Tensor:
+        """``x̂`` from the measurements ``y`` (``init``: the start, see the class)."""
         if kwargs:
             raise TypeError(
                 f"{self._api}: unexpected keyword arguments {sorted(kwargs)}; call "
-                "model(y, physics)."
+                "model(y, physics) or model(y, physics, init=x0)."
             )
         if not isinstance(y, Tensor):
             raise TypeError(
@@ -455,21 +613,185 @@ class Unfolded(nn.Module):
             )
         params = self.params(_real_dtype(y))
         check_dtypes(self._api, params, y)
+        init = self.custom_init if init is None else init
+        if self.deq_config is not None:  # per-iteration values: the last (DeepInverse)
+            params = {
+                k: v[-1] if k in self.hyper.per_iteration_names else v for k, v in params.items()
+            }
         if self.unfold or self.deq_config is not None:
-            return self._core(params, y, physics)
-        return _alg.run(
-            self.algorithm,
+            return self._core(params, y, physics, init)
+        first = params_at(params, 0, self.hyper.per_iteration_names)
+        state = None if init is None else initial_state(self.algorithms[0], y, physics, first, init)
+        x, info = _alg.run(
+            self._layers,
             y,
             physics,
             params,
             self.max_iter,
             tol=self.tol,
             per_iteration=self.hyper.per_iteration_names,
-        )[0]
+            init=state,
+            acceleration=self.anderson_config,
+        )
+        if self.tol is not None:
+            self.has_converged = try_bool(info.converged.all()) is True
+        return x
 
-    def apply(self, params: dict, y: Tensor, physics: Any) -> Tensor:
+    def apply(self, params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
         """Pure form: ``torch.func.functional_call(self, params, (y, physics))``."""
-        return torch.func.functional_call(self, params, (y, physics))
+        return torch.func.functional_call(self, params, (y, physics), {"init": init})
+
+    def update_parameters(self, **values: Any) -> None:
+        """Set hyperparameters in place (no gradient recorded): ``model.update_parameters(
+        stepsize=0.5, g_param=torch.tensor(0.1))``.
+
+        Each name (aliases such as ``g_param``, ``lambda`` accepted) must be one of the model's
+        hyperparameters; a value (number or tensor) must broadcast to its shape (a per-iteration
+        value takes ``max_iter`` entries or one shared). Values are checked as at construction.
+
+        Example:
+            >>> from unroll.optim import PGD, Tikhonov
+            >>> model = PGD(prior=Tikhonov(), stepsize=1.0, max_iter=3)
+            >>> model.update_parameters(stepsize=0.5)
+            >>> float(model.hyper.stepsize)
+            0.5
+        """
+        api = f"{self._api}.update_parameters"
+        check_keys(api, values, [*self.hyper.names, *ALIASES], "hyperparameter")
+        values = canonical(values, api)
+        check_keys(api, values, self.hyper.names, "hyperparameter")
+        check_hyperparameters(api, values)
+        with torch.no_grad():
+            for name, value in values.items():
+                target = getattr(self.hyper, name)
+                new = torch.as_tensor(value, dtype=target.dtype, device=target.device)
+                try:
+                    target.copy_(new.expand_as(target))
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"{api}: {name} has shape {tuple(target.shape)} but the new value has "
+                        f"shape {tuple(new.shape)}; give a value of that shape (or a number)."
+                    ) from err
+
+    def load_deepinv_state_dict(self, state_dict: dict, strict: bool = True) -> Any:
+        """Load a DeepInverse 0.4.1 ``state_dict`` of the equivalent unfolded model.
+
+        DeepInverse stores hyperparameters as ``params_algo.<name>.<k>`` (an
+        ``nn.ParameterDict`` of ``nn.ParameterList``\\ s, one entry per iteration, or one
+        shared entry ``.0``; a copy under ``init_params_algo.``), with its names ``lambda`` and
+        ``g_param``, and the priors as ``prior.<k>.<...>`` (an ``nn.ModuleList``). They map
+        to ``hyper.<name>`` (entries stacked for a per-iteration value, reshaped to a shared
+        value's shape) and to ``prior.<...>`` (``prior.<k>.<...>`` for untied priors).
+        DeepInverse does not save non-trainable hyperparameters: the model's own values are
+        kept for those. ``load_state_dict`` does the same conversion automatically when it
+        sees DeepInverse's keys.
+
+        Args:
+            state_dict: DeepInverse's ``model.state_dict()`` (not mutated).
+            strict: as :meth:`torch.nn.Module.load_state_dict`.
+
+        Returns:
+            ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
+
+        Example:
+            >>> import torch
+            >>> from unroll.optim import PGD, Tikhonov
+            >>> model = PGD(prior=Tikhonov(), stepsize=[1.0, 1.0], max_iter=2, unfold=True)
+            >>> sd = {"params_algo.stepsize.0": torch.tensor(0.5),
+            ...       "params_algo.stepsize.1": torch.tensor(0.25),
+            ...       "params_algo.lambda.0": torch.tensor(2.0)}
+            >>> _ = model.load_deepinv_state_dict(sd)
+            >>> model.hyper.stepsize, model.hyper.lambda_reg
+            (Parameter containing:
+            tensor([0.5000, 0.2500], requires_grad=True), Parameter containing:
+            tensor(2., requires_grad=True))
+        """
+        return self.load_state_dict(self.from_deepinv(state_dict), strict=strict)
+
+    def from_deepinv(self, state_dict: dict, prefix: str = "") -> dict:
+        """A copy of a DeepInverse ``state_dict`` with unroll's keys (see
+        :meth:`load_deepinv_state_dict`); keys of another format are kept as they are."""
+        api = f"{self._api}.load_deepinv_state_dict"
+        out: dict = {}
+        entries: dict[str, dict[int, Tensor]] = {}
+        backup: dict[str, dict[int, Tensor]] = {}
+        untied = isinstance(self.prior, nn.ModuleList)
+        untied_f = isinstance(self.data_fidelity, nn.ModuleList)
+        for key, value in state_dict.items():
+            local = key[len(prefix) :] if key.startswith(prefix) else None
+            match = _DEEPINV_KEY.match(local) if local is not None else None
+            if match:
+                name = ALIASES.get(match.group(2), match.group(2))
+                (backup if match.group(1) else entries).setdefault(name, {})[
+                    int(match.group(3))
+                ] = value
+                continue
+            for part, keep in (("prior.", untied), ("data_fidelity.", untied_f)):
+                if local is not None and local.startswith(part) and not keep:
+                    head, _, rest = local[len(part) :].partition(".")
+                    if head.isdigit() and rest:
+                        if head != "0":
+                            raise ValueError(
+                                f"{api}: the checkpoint has untied {part[:-1]}s ({key}) but "
+                                f"this model has one; build it with a list of max_iter."
+                            )
+                        key = prefix + part + rest
+            out[key] = value
+        for name, got in {**backup, **entries}.items():
+            if name not in self.hyper.names:
+                raise ValueError(
+                    f"{api}: the checkpoint has hyperparameter '{name}' that this model does not "
+                    f"have ({list(self.hyper.names)}); build the model with it in params_algo."
+                )
+            out[f"{prefix}hyper.{name}"] = self._deepinv_value(api, name, got)
+        for name in self.hyper.names:  # DeepInverse saves only the trainable ones
+            out.setdefault(f"{prefix}hyper.{name}", getattr(self.hyper, name).detach().clone())
+        return out
+
+    def _deepinv_value(self, api: str, name: str, got: dict[int, Tensor]) -> Tensor:
+        target = getattr(self.hyper, name)
+        count = len(got)
+        if sorted(got) != list(range(count)):
+            raise ValueError(f"{api}: entries of '{name}' are not 0..{count - 1}: {sorted(got)}.")
+        per_it = name in self.hyper.per_iteration_names
+        if per_it and count != self.max_iter and count != 1:
+            raise ValueError(
+                f"{api}: the checkpoint has {count} values of '{name}' but max_iter="
+                f"{self.max_iter}; build the model with the same max_iter."
+            )
+        if not per_it and count != 1:
+            raise ValueError(
+                f"{api}: the checkpoint has {count} per-iteration values of '{name}' but this "
+                f"model shares one; build it with a list of {count} values for '{name}'."
+            )
+        shape = target.shape[1:] if per_it else target.shape
+        values = [got[k].detach() for k in range(count)]
+        for v in values:
+            if v.numel() != shape.numel():
+                raise ValueError(
+                    f"{api}: '{name}' has shape {tuple(v.shape)} in the checkpoint but "
+                    f"{tuple(shape)} here; build the model with a value of that shape."
+                )
+        values = [v.reshape(shape).to(target.dtype) for v in values]
+        if per_it:
+            return torch.stack(values * (self.max_iter if count == 1 else 1))
+        return values[0]
+
+
+def _weights(prior: Any) -> dict:
+    return prior.weights() if hasattr(prior, "weights") else {}
+
+
+def _deepinv_keys_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: convert DeepInverse's keys in place (PyTorch passes a copy
+    of the user's dict)."""
+    if not isinstance(module, Unfolded):
+        return
+    if any(k.startswith(prefix) and _DEEPINV_KEY.match(k[len(prefix) :]) for k in list(state_dict)):
+        converted = module.from_deepinv(dict(state_dict), prefix)
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[key]
+        state_dict.update({k: v for k, v in converted.items() if k.startswith(prefix)})
 
 
 class _Hyper(nn.Module):
@@ -491,6 +813,7 @@ class _Hyper(nn.Module):
         super().__init__()
         if not isinstance(params_algo, dict):
             raise TypeError(f"{api}: params_algo must be a dict, got {type(params_algo).__name__}.")
+        params_algo = {k: v for k, v in params_algo.items() if v is not None}  # None: not set
         check_keys(api, params_algo, known, "parameter")
         values = canonical(params_algo, api)
         check_keys(api, trainable, known, "name in trainable_params")
@@ -539,20 +862,27 @@ def unfolded_builder(
     max_iter: int = 5,
     trainable_params: Sequence[str] | str | None = None,
     DEQ: Any = None,  # noqa: N803
+    g_first: bool = False,
+    anderson_acceleration: Any = None,
 ) -> Unfolded:
     """Build a trainable unfolded network (or DEQ) from an algorithm name.
 
     Args:
         iteration: ``"GD"``, ``"PGD"``, ``"FISTA"``, ``"HQS"``, ``"ADMM"``, ``"DRS"``,
             ``"PDCP"`` or a factory.
-        params_algo: hyperparameters (see :class:`Unfolded`): a number or a tensor is one
-            shared value, a list of ``max_iter`` values one per iteration; not mutated.
-        data_fidelity: ``f`` (default ``L2()``).
-        prior: ``g``.
+        params_algo: hyperparameters (see :class:`Unfolded`; DeepInverse's keys ``lambda``
+            and ``g_param`` accepted): a number or a tensor is one shared value, a list of
+            ``max_iter`` values one per iteration; not mutated.
+        data_fidelity: ``f`` (default ``L2()``), or a list of ``max_iter``.
+        prior: ``g``, or a list of ``max_iter`` priors (untied layers, each with its own
+            weights).
         max_iter: number of unfolded iterations.
         trainable_params: names of the learnable hyperparameters (default: ``stepsize`` and
             ``lambda_reg`` when given); the prior's network weights are always trainable.
         DEQ: None, True or a ``DEQConfig``.
+        g_first: the step on the prior first (see :class:`Unfolded`).
+        anderson_acceleration: None, True or an
+            :class:`unroll.optim.AndersonAccelerationConfig`.
 
     Returns:
         An :class:`Unfolded` module, called as ``model(y, physics)``.
@@ -575,7 +905,9 @@ def unfolded_builder(
     if params_algo is None:
         params_algo = {"stepsize": 1.0}
     if trainable_params is None and isinstance(params_algo, dict):
-        trainable_params = [n for n in ("stepsize", "lambda_reg") if n in params_algo]
+        trainable_params = [
+            n for n in params_algo if ALIASES.get(n, n) in ("stepsize", "lambda_reg")
+        ]
     return Unfolded(
         iteration,
         data_fidelity=data_fidelity,
@@ -585,4 +917,6 @@ def unfolded_builder(
         max_iter=max_iter,
         DEQ=DEQ,
         unfold=True,
+        g_first=g_first,
+        anderson_acceleration=anderson_acceleration,
     )

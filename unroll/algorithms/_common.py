@@ -32,6 +32,15 @@ def check_components(name: str, data_fidelity: Any, prior: Any, needs: tuple[str
                 )
 
 
+def check_g_first(name: str, g_first: Any) -> None:
+    """Raise a TypeError naming ``unroll.algorithms.<name>`` unless ``g_first`` is a bool."""
+    if not isinstance(g_first, bool):
+        raise TypeError(
+            f"unroll.algorithms.{name}: g_first must be a bool (True: the step on the prior g "
+            f"comes first), got {g_first!r}."
+        )
+
+
 def stepsize(p: dict) -> Any:
     """``params['stepsize']`` (required)."""
     return get(p, "stepsize")

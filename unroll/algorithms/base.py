@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -48,7 +48,9 @@ from unroll._host import host_any as _host_any
 from unroll._host import try_bool as _try_bool
 
 PRIOR_KEY = "prior"
-ALIASES = {"g_param": "sigma_denoiser"}
+ALIASES = {"g_param": "sigma_denoiser", "lambda": "lambda_reg"}
+"""DeepInverse's names of some keys: ``g_param`` (its prior parameter) and ``lambda`` (its
+``params_algo`` key of the regularisation weight)."""
 HYPERPARAMETERS = ("stepsize", "lambda_reg", "sigma_denoiser", "beta", "stepsize_dual")
 STANDARD_PARAMS = (*HYPERPARAMETERS, PRIOR_KEY)
 """The keys an :class:`Algorithm` that declares no ``param_names`` may read."""
@@ -70,6 +72,10 @@ class Algorithm(NamedTuple):
         equilibrium: the algorithm a deep equilibrium model of this one runs, when its own
             state has no fixed point (FISTA's momentum counter grows forever: its DEQ runs
             :func:`pgd`, which has the same fixed points); None: this algorithm itself.
+        warm_start: ``(x0, aux) -> state``: the state whose estimate is ``x0`` (``aux``: the
+            second variable of DeepInverse's ``(x0, z0)`` initialisations, e.g. ADMM's dual or
+            DRS's governing sequence, or None for the algorithm's default), used by
+            ``init=`` of :func:`initial_state`; None: the algorithm takes no such start.
 
     Example:
         >>> import torch
@@ -89,6 +95,7 @@ class Algorithm(NamedTuple):
     output: Callable[[Any], torch.Tensor]
     param_names: tuple[str, ...] | None = None
     equilibrium: Algorithm | None = None
+    warm_start: Callable[[torch.Tensor, Any], Any] | None = None
 
 
 class RunInfo(NamedTuple):
@@ -131,14 +138,15 @@ def canonical(params: dict, api: str = "unroll.algorithms") -> dict:
             f"{api}: params must be a dict such as {{'stepsize': 1.0}}, got "
             f"{type(params).__name__}."
         )
-    out = {}
+    out, given = {}, {}
     for key, value in params.items():
         name = ALIASES.get(key, key)
         if name in out:
             raise ValueError(
-                f"{api}: both 'g_param' and its alias 'sigma_denoiser' were given; pass one."
+                f"{api}: both '{given[name]}' and '{key}' were given, two names of "
+                f"'{name}'; pass one."
             )
-        out[name] = value
+        out[name], given[name] = value, key
     return out
 
 
@@ -161,7 +169,7 @@ def known_params(algorithm: Algorithm) -> tuple[str, ...]:
         >>> from unroll.algorithms import pgd
         >>> from unroll.optim import L2, Tikhonov
         >>> known_params(pgd(L2(), Tikhonov()))
-        ('stepsize', 'lambda_reg', 'sigma_denoiser', 'prior', 'g_param')
+        ('stepsize', 'lambda_reg', 'sigma_denoiser', 'prior', 'g_param', 'lambda')
     """
     names = algorithm.param_names if algorithm.param_names is not None else STANDARD_PARAMS
     return (*names, *(alias for alias, name in ALIASES.items() if name in names))
@@ -350,10 +358,178 @@ def params_at(params: dict, k: int, per_iteration: Collection[str] = ()) -> dict
             "unroll.algorithms.params_at: the third argument is the names of the per-iteration "
             "parameters, e.g. ('stepsize',); a leading dimension no longer marks one."
         )
-    return {
-        key: tree.map(lambda x: x[k], value) if key in per_iteration else value
-        for key, value in params.items()
-    }
+    return {key: _at(key, value, k, per_iteration) for key, value in params.items()}
+
+
+def _at(key: str, value: Any, k: int, per_iteration: Collection[str]) -> Any:
+    if key == PRIOR_KEY and isinstance(value, (list, tuple)):
+        return value[k]  # untied layers: one weight dict per iteration
+    return tree.map(lambda x: x[k], value) if key in per_iteration else value
+
+
+def as_layers(api: str, algorithm: Any, num_iter: int) -> tuple[Algorithm, ...]:
+    """One :class:`Algorithm` per iteration: ``algorithm`` repeated (weights tied), or a list /
+    tuple of ``num_iter`` algorithms (untied layers; one element: tied).
+
+    Example:
+        >>> from unroll.algorithms import pgd
+        >>> from unroll.optim import L2, Tikhonov
+        >>> len(as_layers("api", pgd(L2(), Tikhonov()), 3))
+        3
+    """
+    if isinstance(algorithm, Algorithm):
+        return (algorithm,) * num_iter
+    if isinstance(algorithm, (list, tuple)) and all(isinstance(a, Algorithm) for a in algorithm):
+        if len(algorithm) == 1:
+            return tuple(algorithm) * num_iter
+        if len(algorithm) == num_iter:
+            return tuple(algorithm)
+        raise ValueError(
+            f"{api}: {len(algorithm)} algorithms (untied layers) but max_iter={num_iter}; give "
+            f"one per iteration ({num_iter}) or a single algorithm."
+        )
+    raise TypeError(
+        f"{api}: algorithm must be an unroll.algorithms.Algorithm (e.g. "
+        f"unroll.algorithms.pgd(L2(), prior)) or a list of them (one per iteration), got "
+        f"{type(algorithm).__name__}."
+    )
+
+
+def layer_keys(layers: Iterable[Algorithm]) -> tuple[str, ...]:
+    """The keys accepted by any of ``layers`` (see :func:`known_params`), in order."""
+    return tuple(dict.fromkeys(n for a in layers for n in known_params(a)))
+
+
+def check_prior_layers(api: str, params: dict, num_iter: int) -> None:
+    """Raise a ValueError naming ``api`` unless ``params["prior"]``, when a list or tuple
+    (untied layers: one weight dict per iteration), has ``num_iter`` entries."""
+    weights = params.get(PRIOR_KEY)
+    if isinstance(weights, (list, tuple)) and len(weights) != num_iter:
+        raise ValueError(
+            f"{api}: params['prior'] holds {len(weights)} weight dicts (untied layers) but "
+            f"max_iter={num_iter}; give one per iteration, or one dict shared by all."
+        )
+
+
+def initial_state(
+    algorithm: Algorithm, y: torch.Tensor, physics: Any, params: dict, init: Any = None
+) -> Any:
+    """The first state of ``algorithm``, from ``init`` as DeepInverse's ``forward(init=...)``.
+
+    ``init`` may be None (``algorithm.init``: ``x₀ = Aᵀy``), a tensor ``x₀``, a tuple
+    ``(x₀,)`` or ``(x₀, z₀)`` (``z₀`` the second variable: ADMM's dual, DRS's governing
+    sequence, FISTA's extrapolated point), a dict ``{"est": (x₀, z₀)}``, a callable
+    ``init(y, physics)`` returning one of these, or a state of the algorithm (a NamedTuple
+    such as :class:`~unroll.algorithms.pgd.PGDState`) used as it is.
+
+    Args:
+        algorithm: the algorithm (its :attr:`Algorithm.warm_start` builds the state).
+        y: measurements.
+        physics: the forward operator.
+        params: the parameters of the first iteration.
+        init: the initialisation (see above).
+
+    Returns:
+        The state.
+
+    Example:
+        >>> import torch
+        >>> from unroll.algorithms import admm
+        >>> from unroll.optim import L2, Tikhonov
+        >>> from unroll.physics import Denoising
+        >>> x0 = torch.ones(1, 2)
+        >>> initial_state(admm(L2(), Tikhonov()), x0, Denoising(), {}, init=(x0, 2 * x0)).u
+        tensor([[2., 2.]])
+    """
+    api = "unroll.algorithms.initial_state"
+    if init is None:
+        return algorithm.init(y, physics, params)
+    if callable(init) and not isinstance(init, torch.Tensor):
+        init = init(y, physics)
+    if hasattr(init, "_fields"):  # a state (NamedTuple)
+        return init
+    if isinstance(init, dict):
+        if "est" not in init:
+            raise ValueError(
+                f"{api}: a dict init must be DeepInverse's {{'est': (x0, z0)}}, got keys "
+                f"{sorted(init)}."
+            )
+        init = init["est"]
+    if isinstance(init, torch.Tensor):
+        init = (init,)
+    if (
+        not isinstance(init, (tuple, list))
+        or not 1 <= len(init) <= 2
+        or not all(isinstance(t, torch.Tensor) or t is None for t in init)
+        or not isinstance(init[0], torch.Tensor)
+    ):
+        raise TypeError(
+            f"{api}: init must be a tensor x0, a tuple (x0,) or (x0, z0) of tensors, a dict "
+            f"{{'est': (x0, z0)}}, a callable init(y, physics) returning one, or a state of the "
+            f"algorithm; got {type(init).__name__}."
+        )
+    if algorithm.warm_start is None:
+        raise TypeError(
+            f"{api}: this algorithm has no warm_start, so it cannot start from an estimate x0; "
+            "pass its full state (a NamedTuple) as init, or give the Algorithm a warm_start."
+        )
+    return algorithm.warm_start(init[0], init[1] if len(init) == 2 else None)
+
+
+class AndersonMixer:
+    """Anderson acceleration of an algorithm's iterations, one iteration at a time.
+
+    At iteration ``k`` (from 0) with the state ``s_k`` and its image ``T(s_k)`` (one step),
+    the array leaves (``dim >= 2``) of both are flattened per sample into ``x_k`` and
+    ``f_k``, kept for the last ``m = history_size`` iterations, and the next state's leaves
+    are replaced by
+
+    .. math:: x_{k+1} = \\sum_i \alpha_i \big(\beta f_i + (1 - \beta) x_i\big),\\qquad
+              \alpha = \arg\\min_{\\sum_i\alpha_i = 1} \\Big\\|\\sum_i \alpha_i (f_i - x_i)
+              \\Big\\|^2 + \\lambda\\|\alpha\\|^2,
+
+    ``λ = eps · mean_i ‖f_i − x_i‖²`` (relative, see :func:`unroll.anderson`); per-sample
+    scalars (FISTA's momentum) are taken from ``T(s_k)``. With ``full_backprop=False`` the
+    history is detached and gradients flow through the current iteration only (as
+    DeepInverse); with True through every iterate kept. A new mixer starts each run.
+
+    Args:
+        config: an :class:`unroll.optim.AndersonAccelerationConfig` (``history_size``,
+            ``beta``, ``eps``, ``full_backprop``).
+    """
+
+    def __init__(self, config: Any):
+        self.m, self.beta = config.history_size, config.beta
+        self.eps, self.full = config.eps, config.full_backprop
+        self.xs: torch.Tensor | None = None
+        self.fs: torch.Tensor | None = None
+
+    def __call__(self, k: int, old: Any, new: Any) -> Any:
+        from unroll.fixed_point import _Flat, _mixing_weights
+
+        old_leaves = tree.leaves(old)
+        new_leaves, spec = tree.flatten(new)
+        idx = [i for i, t in enumerate(new_leaves) if isinstance(t, torch.Tensor) and t.dim() >= 2]
+        if not idx:
+            return new
+        flat = _Flat([new_leaves[i] for i in idx], batched=True)
+        x = flat.to_mat([old_leaves[i] for i in idx])
+        fx = flat.to_mat([new_leaves[i] for i in idx])
+        if self.xs is None or self.fs is None:
+            self.xs = x.new_zeros(x.shape[0], self.m, x.shape[1])
+            self.fs = x.new_zeros(x.shape[0], self.m, x.shape[1])
+        slot = torch.tensor([k % self.m], device=x.device)
+        xs = self.xs.index_copy(1, slot, x.unsqueeze(1))
+        fs = self.fs.index_copy(1, slot, fx.unsqueeze(1))
+        self.xs, self.fs = (xs, fs) if self.full else (xs.detach(), fs.detach())
+        n = min(k + 1, self.m)
+        xs, fs = xs[:, :n], fs[:, :n]
+        floor = torch.full((), torch.finfo(xs.dtype).tiny ** 0.5, dtype=xs.dtype, device=x.device)
+        alpha = _mixing_weights(fs - xs, torch.ones_like(xs[:, :, :1]), self.eps, floor)
+        mixed = (alpha.transpose(1, 2) * (self.beta * fs + (1 - self.beta) * xs)).sum(dim=1)
+        for i, leaf in zip(idx, flat.from_mat(mixed)):
+            new_leaves[i] = leaf
+        return tree.unflatten(spec, new_leaves)
 
 
 # --------------------------------------------------------------------------- runner
@@ -393,7 +569,7 @@ def check_tol(api: str, tol: Any) -> None:
 
 def _check_run_args(algorithm: Any, max_iter: int, tol: float | None, check_every: int) -> None:
     api = "unroll.algorithms.run"
-    if not isinstance(algorithm, Algorithm):
+    if not isinstance(algorithm, (Algorithm, list, tuple)):
         raise TypeError(
             f"{api}: algorithm must be an unroll.algorithms.Algorithm (e.g. "
             f"unroll.algorithms.pgd(L2(), prior)), got {type(algorithm).__name__}."
@@ -404,7 +580,7 @@ def _check_run_args(algorithm: Any, max_iter: int, tol: float | None, check_ever
 
 
 def run(
-    algorithm: Algorithm,
+    algorithm: Algorithm | Sequence[Algorithm],
     y: torch.Tensor,
     physics: Any,
     params: dict,
@@ -416,6 +592,7 @@ def run(
     cost: Callable[[torch.Tensor, torch.Tensor, Any, dict], torch.Tensor] | None = None,
     init: Any = None,
     per_iteration: str | Collection[str] = (),
+    acceleration: Any = None,
 ) -> tuple[torch.Tensor, RunInfo]:
     """Run ``algorithm`` for ``max_iter`` iterations, with optional early stopping and traces.
 
@@ -428,7 +605,9 @@ def run(
     ``max_iter`` with the same masked updates).
 
     Args:
-        algorithm: an :class:`Algorithm`.
+        algorithm: an :class:`Algorithm`, or a list of ``max_iter`` of them (untied layers:
+            iteration ``k`` runs ``algorithm[k].step``; ``params["prior"]`` may then be a list
+            of ``max_iter`` weight dicts, iteration ``k`` reading the ``k``-th).
         y: measurements, leading dimension = batch.
         physics: the forward operator.
         params: parameter dict; keys outside the algorithm's :attr:`Algorithm.param_names`
@@ -442,6 +621,8 @@ def run(
         init: optional initial state, replacing ``algorithm.init``.
         per_iteration: keys of ``params`` that hold one value per iteration along their
             leading dimension (``max_iter`` long): iteration ``k`` reads ``params[key][k]``.
+        acceleration: None, or an :class:`unroll.optim.AndersonAccelerationConfig`: Anderson
+            acceleration of the iterations (see :class:`AndersonMixer`).
 
     Returns:
         ``(x, RunInfo)`` with ``x = output(state)``.
@@ -461,16 +642,20 @@ def run(
     """
     api = "unroll.algorithms.run"
     _check_run_args(algorithm, max_iter, tol, check_every)
-    known = known_params(algorithm)
+    layers = as_layers(api, algorithm, max_iter)
+    known = layer_keys(layers)
     names = per_iteration_names(api, per_iteration, known)
     if not isinstance(params, dict):
         params = canonical(params, api)  # raises the TypeError
     check_keys(api, params, known, "parameter")
     params = canonical(params, api)
     check_per_iteration(api, params, names, max_iter)
+    check_prior_layers(api, params, max_iter)
     check_hyperparameters(api, params, tensors=False)
-    state = algorithm.init(y, physics, params_at(params, 0, names)) if init is None else init
-    x = algorithm.output(state)
+    mixer = AndersonMixer(acceleration) if acceleration is not None else None
+    first = layers[0]
+    state = first.init(y, physics, params_at(params, 0, names)) if init is None else init
+    x = first.output(state)
     if x.dim() == 0:
         raise ValueError("unroll.algorithms.run: the estimate needs a leading batch dimension.")
     batch = x.shape[0]
@@ -480,7 +665,10 @@ def run(
     k = 0
     while k < max_iter:
         p_k = params_at(params, k, names)
+        algorithm = layers[k]
         new_state = algorithm.step(state, y, physics, p_k)
+        if mixer is not None:
+            new_state = mixer(k, state, new_state)
         new_x = algorithm.output(new_state)
         if tol is not None or trace:
             residual = _relative_change(new_state, state)

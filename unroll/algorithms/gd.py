@@ -52,4 +52,6 @@ def gd(data_fidelity: Any, prior: Any) -> Algorithm:
         )
         return GDState(state.x - c.stepsize(p) * g)
 
-    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
+    return Algorithm(
+        init, step, lambda s: s.x, c.BASIC_PARAMS, warm_start=lambda x0, aux: GDState(x0)
+    )

@@ -16,7 +16,7 @@ class HQSState(NamedTuple):
     x: torch.Tensor
 
 
-def hqs(data_fidelity: Any, prior: Any) -> Algorithm:
+def hqs(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
     """Half-quadratic splitting: ``x_{k+1} = prox_{γλg}(prox_{γf}(x_k))``.
 
     The data step is the physics' least-squares prox (:meth:`L2.prox` → ``physics.prox_l2``,
@@ -24,9 +24,12 @@ def hqs(data_fidelity: Any, prior: Any) -> Algorithm:
     fixed ``γ``, HQS converges to the minimiser of ``env_{γf}(x) + λ g(x)`` (``env`` the Moreau
     envelope), which tends to ``argmin f + λg`` as ``γ → ∞``. Initialised at ``x₀ = Aᵀy``.
 
+    With ``g_first=True`` the two proxes swap: ``x_{k+1} = prox_{γf}(prox_{γλg}(x_k))``.
+
     Args:
         data_fidelity: ``f`` with ``.prox``.
         prior: ``g`` with ``.prox`` (a denoiser for :class:`unroll.optim.PnP`).
+        g_first: the prox of ``g`` first.
 
     Returns:
         :class:`Algorithm` over :class:`HQSState`; params as :func:`pgd`.
@@ -35,6 +38,7 @@ def hqs(data_fidelity: Any, prior: Any) -> Algorithm:
         Geman & Yang, "Nonlinear image recovery with half-quadratic regularization", 1995.
         Zhang et al., "Plug-and-play image restoration with deep denoiser prior", 2021.
     """
+    c.check_g_first("hqs", g_first)
     c.check_components("hqs", data_fidelity, prior, ("f.prox", "g.prox"))
 
     def init(y, physics, params):
@@ -42,7 +46,12 @@ def hqs(data_fidelity: Any, prior: Any) -> Algorithm:
 
     def step(state, y, physics, p):
         gamma = c.stepsize(p)
+        if g_first:
+            z = c.prior_prox(prior, state.x, gamma * c.lambda_reg(p), p)
+            return HQSState(data_fidelity.prox(z, y, physics, gamma))
         z = data_fidelity.prox(state.x, y, physics, gamma)
         return HQSState(c.prior_prox(prior, z, gamma * c.lambda_reg(p), p))
 
-    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
+    return Algorithm(
+        init, step, lambda s: s.x, c.BASIC_PARAMS, warm_start=lambda x0, aux: HQSState(x0)
+    )

@@ -16,16 +16,24 @@ class PGDState(NamedTuple):
     x: torch.Tensor
 
 
-def pgd(data_fidelity: Any, prior: Any) -> Algorithm:
+def pgd(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
     """Proximal gradient: ``x_{k+1} = prox_{γλ g}(x_k − γ ∇f(x_k))``.
 
     With :class:`unroll.optim.PnP` the prox is the denoiser ``D(·, σ)``. Converges to
     ``argmin f + λg`` for convex terms when ``γ < 2/L`` (``L`` the Lipschitz constant of
     ``∇f``). Initialised at ``x₀ = Aᵀ y``.
 
+    With ``g_first=True`` (DeepInverse's ``g_first``) the roles swap: a gradient step on
+    ``λg`` and the prox of ``f``,
+
+    .. math:: x_{k+1} = \\operatorname{prox}_{γf}\big(x_k − γλ∇g(x_k)\big),
+
+    whose fixed points are the same stationary points ``∇f(x) + λ∇g(x) = 0`` (``γλ < 2/L_g``).
+
     Args:
-        data_fidelity: ``f`` with ``.grad``.
-        prior: ``g`` with ``.prox``.
+        data_fidelity: ``f`` with ``.grad`` (``.prox`` when ``g_first``).
+        prior: ``g`` with ``.prox`` (``.grad`` when ``g_first``).
+        g_first: the step on ``g`` first (see above).
 
     Returns:
         :class:`Algorithm` over :class:`PGDState`; params: ``stepsize``, ``lambda_reg``,
@@ -34,14 +42,33 @@ def pgd(data_fidelity: Any, prior: Any) -> Algorithm:
     References:
         Combettes & Wajs, "Signal recovery by proximal forward-backward splitting", 2005.
     """
-    c.check_components("pgd", data_fidelity, prior, ("f.grad", "g.prox"))
+    c.check_g_first("pgd", g_first)
+    needs = ("f.prox", "g.grad") if g_first else ("f.grad", "g.prox")
+    c.check_components("pgd", data_fidelity, prior, needs)
+    forward_backward = pgd_update(data_fidelity, prior, g_first)
 
     def init(y, physics, params):
         return PGDState(c.default_init(y, physics))
 
     def step(state, y, physics, p):
-        gamma = c.stepsize(p)
-        u = state.x - gamma * data_fidelity.grad(state.x, y, physics)
-        return PGDState(c.prior_prox(prior, u, gamma * c.lambda_reg(p), p))
+        return PGDState(forward_backward(state.x, y, physics, p))
 
-    return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
+    return Algorithm(
+        init, step, lambda s: s.x, c.BASIC_PARAMS, warm_start=lambda x0, aux: PGDState(x0)
+    )
+
+
+def pgd_update(data_fidelity: Any, prior: Any, g_first: bool = False):
+    """One forward–backward step ``z ↦ prox_{γλg}(z − γ∇f(z))`` (``g_first``:
+    ``z ↦ prox_{γf}(z − γλ∇g(z))``) as ``(z, y, physics, params_k) -> x``; shared by
+    :func:`pgd` and :func:`unroll.algorithms.fista`."""
+
+    def update(z, y, physics, p):
+        gamma = c.stepsize(p)
+        if g_first:
+            u = z - gamma * c.lambda_reg(p) * c.prior_grad(prior, z, p)
+            return data_fidelity.prox(u, y, physics, gamma)
+        u = z - gamma * data_fidelity.grad(z, y, physics)
+        return c.prior_prox(prior, u, gamma * c.lambda_reg(p), p)
+
+    return update

@@ -1,4 +1,4 @@
-"""Convenience classes ``GD, PGD, FISTA, HQS, ADMM, DRS, PDCP`` with the seeds' keywords.
+"""Convenience classes ``GD, PGD, FISTA, HQS, ADMM, DRS, PDCP, MD, PMD`` with the seeds' keywords.
 
 Each is an :class:`unroll.unfolded.Unfolded` module: ``model(y, physics)``; ``unfold=True``
 makes the listed ``trainable_params`` learnable (a prior's network is always trainable);
@@ -6,10 +6,14 @@ makes the listed ``trainable_params`` learnable (a prior's network is always tra
 learnable too (with or without ``unfold=True``, as in DeepInverse); ``unfold=False`` and no
 ``DEQ`` (the default) runs the classical algorithm with early stopping at ``tol``.
 
-Hyperparameters follow DeepInverse's rule: a number or a tensor of any shape is one value
+Hyperparameters follow DeepInverse's list rule: a number or a tensor of any shape is one value
 shared by all iterations (``g_param=torch.tensor([[1.0]])`` is one non-scalar value); a list
 or tuple of ``max_iter`` values holds one value per iteration; a one-element list is one
-shared value; a list of another length raises.
+shared value; a list of another length raises. ``params_algo={...}`` (DeepInverse's keys
+``stepsize``, ``lambda``, ``g_param``, ``beta``, ...) replaces those keywords. ``prior`` and
+``data_fidelity`` may be lists of ``max_iter`` (untied layers); ``g_first``,
+``anderson_acceleration`` and ``custom_init`` are those of :class:`unroll.unfolded.Unfolded`;
+``model(y, physics, init=x0)`` starts from ``x0``.
 
 Example:
     >>> import torch
@@ -26,10 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from unroll.algorithms.base import closest
+from unroll.algorithms.md import md, pmd
+from unroll.algorithms.pdhg import pdhg
 from unroll.unfolded import Unfolded
 
 _UNSET = object()
@@ -47,6 +54,10 @@ _KEYWORDS = (
     "trainable_params",
     "DEQ",
     "tol",
+    "params_algo",
+    "g_first",
+    "anderson_acceleration",
+    "custom_init",
 )
 
 
@@ -67,6 +78,10 @@ class _Optim(Unfolded):
     def _api(self) -> str:
         return f"unroll.optim.{type(self).__name__}"
 
+    def _iteration(self) -> Any:
+        """The algorithm name, or a factory with this class's options bound, for Unfolded."""
+        return self.iteration_name
+
     def __init__(
         self,
         data_fidelity: Any = None,
@@ -83,6 +98,10 @@ class _Optim(Unfolded):
         trainable_params: Sequence[str] | str | None = None,
         DEQ: Any = None,  # noqa: N803
         tol: float | None = 1e-5,
+        params_algo: dict | None = None,
+        g_first: bool = False,
+        anderson_acceleration: Any = None,
+        custom_init: Any = None,
         **kwargs: Any,
     ):
         name = type(self).__name__
@@ -101,10 +120,17 @@ class _Optim(Unfolded):
         for key, value in (("beta", beta), ("stepsize_dual", stepsize_dual)):
             if value is not _UNSET:
                 params[key] = value
+        if params_algo is not None:  # DeepInverse: it overrides the keywords
+            if not isinstance(params_algo, dict):
+                raise TypeError(
+                    f"{api}: params_algo must be a dict such as {{'stepsize': 1.0, "
+                    f"'lambda': 0.1}}, got {type(params_algo).__name__}."
+                )
+            params = self._take_operator(dict(params_algo))
         if trainable_params is None:
-            trainable_params = ["stepsize", "lambda_reg"]
+            trainable_params = [n for n in params if n in ("stepsize", "lambda_reg", "lambda")]
         super().__init__(
-            self.iteration_name,
+            self._iteration(),
             data_fidelity=data_fidelity,
             prior=prior,
             params_algo=params,
@@ -113,7 +139,15 @@ class _Optim(Unfolded):
             DEQ=DEQ,
             unfold=unfold,
             tol=tol,
+            g_first=g_first,
+            anderson_acceleration=anderson_acceleration,
+            custom_init=custom_init,
         )
+
+    def _take_operator(self, params: dict) -> dict:
+        """``params_algo`` without the entries that are options of the iteration (PDCP's
+        ``K`` / ``K_adjoint``), which are not hyperparameters."""
+        return params
 
 
 class GD(_Optim):
@@ -156,7 +190,68 @@ class DRS(_Optim):
 
 class PDCP(_Optim):
     """Chambolle–Pock (:func:`unroll.algorithms.pdhg`); ``stepsize`` τ, ``stepsize_dual`` σ,
-    ``beta`` the extrapolation θ."""
+    ``beta`` the extrapolation θ; ``K`` / ``K_adjoint`` an explicit linear operator and its
+    adjoint (as keywords or, as in DeepInverse, in ``params_algo``; default none: the
+    splitting on ``A``, see :func:`unroll.algorithms.pdhg`)."""
 
     iteration_name = "PDCP"
     extra = ("beta", "stepsize_dual")
+
+    def __init__(
+        self,
+        data_fidelity: Any = None,
+        prior: Any = None,
+        *,
+        K: Any = None,  # noqa: N803
+        K_adjoint: Any = None,  # noqa: N803
+        **kwargs: Any,
+    ) -> None:
+        self._operator = {"K": K, "K_adjoint": K_adjoint}
+        super().__init__(data_fidelity, prior, **kwargs)
+
+    def _take_operator(self, params: dict) -> dict:
+        for key in ("K", "K_adjoint"):
+            if key in params:
+                value = params.pop(key)
+                if self._operator[key] is not None and value is not self._operator[key]:
+                    raise ValueError(
+                        f"{self._api}: {key} given both as a keyword and in params_algo; "
+                        "pass it once."
+                    )
+                self._operator[key] = value
+        return params
+
+    def _iteration(self) -> Any:
+        if self._operator["K"] is None and self._operator["K_adjoint"] is None:
+            return self.iteration_name
+        return functools.partial(pdhg, **self._operator)
+
+
+class MD(_Optim):
+    """Mirror descent (:func:`unroll.algorithms.md`) as a module; ``bregman_potential`` φ
+    (default :class:`unroll.algorithms.BregmanL2`: gradient descent), DeepInverse's first
+    argument."""
+
+    iteration_name = "MD"
+    _factory = staticmethod(md)
+
+    def __init__(
+        self,
+        bregman_potential: Any = None,
+        data_fidelity: Any = None,
+        prior: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self._potential = bregman_potential
+        super().__init__(data_fidelity, prior, **kwargs)
+
+    def _iteration(self) -> Any:
+        return functools.partial(type(self)._factory, bregman_potential=self._potential)
+
+
+class PMD(MD):
+    """Proximal mirror descent (:func:`unroll.algorithms.pmd`) as a module;
+    ``bregman_potential`` φ (default :class:`unroll.algorithms.BregmanL2`: PGD)."""
+
+    iteration_name = "PMD"
+    _factory = staticmethod(pmd)
