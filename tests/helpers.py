@@ -11,6 +11,7 @@ same checks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class LinearSolver:
             converges only where ``I − A`` is a contraction.
         normal: solves the normal equations ``(AᵀA + ρI) x = Aᵀb`` (``ridge`` ``ρ`` is added
             to ``AᵀA``, not to ``A``).
+        symmetric: needs a symmetric (possibly indefinite) operator (MINRES).
     """
 
     fn: Callable[..., Any]
@@ -45,6 +47,7 @@ class LinearSolver:
     iterative: bool = True
     fixed_point: bool = False
     normal: bool = False
+    symmetric: bool = False
 
     @property
     def name(self) -> str:
@@ -59,8 +62,21 @@ LINEAR_SOLVERS = (
     LinearSolver(ls.solve_inv, iterative=False),
     LinearSolver(ls.solve_cholesky, spd_only=True, iterative=False),
     LinearSolver(ls.solve_lu, iterative=False),
+    LinearSolver(ls.solve_qr, iterative=False),
     LinearSolver(ls.solve_fixed_point, fixed_point=True),
+    LinearSolver(ls.solve_neumann, fixed_point=True),
     LinearSolver(ls.solve_anderson, fixed_point=True),
+    LinearSolver(
+        functools.update_wrapper(  # a sloppy inner solve, which the refinement corrects
+            functools.partial(
+                ls.solve_iterative_refinement,
+                solve=functools.partial(ls.solve_gmres, rtol=1e-4, restart=2, on_failure="ignore"),
+            ),
+            ls.solve_iterative_refinement,
+        )
+    ),
+    LinearSolver(ls.solve_minres, symmetric=True),
+    LinearSolver(ls.solve_lsqr, normal=True),
 )
 """Every linear solver of the library, in a fixed order."""
 
@@ -108,6 +124,8 @@ ALGORITHMS = (
     AlgorithmSpec("admm", algorithms.ADMMState),
     AlgorithmSpec("drs", algorithms.DRSState),
     AlgorithmSpec("pdhg", algorithms.PDHGState, dual_step=True),
+    AlgorithmSpec("md", algorithms.MDState, prior_grad=True),
+    AlgorithmSpec("pmd", algorithms.PMDState),
 )
 """Every algorithm of :mod:`unroll.algorithms`, in a fixed order."""
 
@@ -146,7 +164,7 @@ def lipschitz(physics: MatrixPhysics) -> torch.Tensor:
 def tikhonov_params(name: str, physics: MatrixPhysics, lam: float) -> dict:
     """Step sizes under which ``name`` converges on ``L2() + lam · Tikhonov()``."""
     lip = float(lipschitz(physics))
-    if name in ("gd", "pgd", "fista"):
+    if name in ("gd", "pgd", "fista", "md", "pmd"):
         return {"stepsize": 1.0 / (lip + lam), "lambda_reg": lam}
     if name == "pdhg":
         return {"stepsize": 0.9 / lip**0.5, "stepsize_dual": 0.9 / lip**0.5, "lambda_reg": lam}

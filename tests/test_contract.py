@@ -56,10 +56,11 @@ def rand(*shape: int, seed: int = 1) -> torch.Tensor:
 
 def operator(spec, n: int, seed: int = 0) -> torch.Tensor:
     """A well-conditioned ``n × n`` matrix ``spec`` can solve: symmetric positive definite with
-    eigenvalues in [0.5, 1.5] for the SPD-only solvers, else ``I − C`` with ``‖C‖₂ = 0.5``
-    (non-symmetric). In both cases ``I − A`` is a contraction (the fixed-point solvers)."""
+    eigenvalues in [0.5, 1.5] for the SPD-only and symmetric-only solvers, else ``I − C``
+    with ``‖C‖₂ = 0.5`` (non-symmetric). In both cases ``I − A`` is a contraction (the
+    fixed-point solvers)."""
     g = gen(seed)
-    if spec.spd_only:
+    if spec.spd_only or spec.symmetric:
         q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
         a = q @ torch.diag(torch.linspace(0.5, 1.5, n, dtype=DT)) @ q.T
         return (a + a.T) / 2
@@ -153,7 +154,7 @@ def test_solver_grad_through_iterations(spec):
     a, b, w = operator(spec, 6, seed=9), rand(6, seed=10), rand(6, seed=11)
 
     def sym(m):
-        return (m + m.T) / 2 if spec.spd_only else m
+        return (m + m.T) / 2 if spec.spd_only or spec.symmetric else m
 
     def loss(p, b):
         mat = sym(p)

@@ -343,3 +343,148 @@ def test_partial_configuration():
     solve = functools.partial(anderson, history_size=3, tol=1e-13, stop_mode="abs")
     z, info = solve(torch.cos, torch.zeros((), dtype=DT))
     assert float(abs(torch.cos(z) - z)) <= 1e-13 and bool(info.converged)
+
+
+# =========================================================================== has_aux, mixing, steps
+def _aux_map(a: torch.Tensor, c: torch.Tensor):
+    calls = []
+
+    def f(z, scale):
+        out = scale * (z @ a.T) + c
+        calls.append(1)
+        return out, {"norm": out.norm(), "tag": "affine", "calls": len(calls)}
+
+    return f
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_has_aux_passes_aux_through_without_gradient(solver):
+    a = contraction(5, 0.7, seed=3)
+    c = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    scale = torch.tensor(1.0, dtype=DT, requires_grad=True)
+    f = _aux_map(a, c)
+    (z, aux), info = solver(
+        f, torch.zeros(5, dtype=DT), scale, tol=1e-13, maxiter=500, has_aux=True
+    )
+    ref = torch.linalg.solve(torch.eye(5, dtype=DT) - a, c)
+    torch.testing.assert_close(z, ref, rtol=1e-11, atol=1e-12)
+    assert aux["tag"] == "affine"  # non-tensor leaves untouched
+    assert aux["calls"] == int(info.num_iter)  # the last evaluation's aux
+    torch.testing.assert_close(aux["norm"], z.norm(), rtol=1e-12, atol=0)
+    assert not aux["norm"].requires_grad and z.requires_grad  # aux carries no gradient
+    z_plain, info_plain = solver(
+        lambda z, s: f(z, s)[0], torch.zeros(5, dtype=DT), scale, tol=1e-13, maxiter=500
+    )
+    assert torch.equal(z, z_plain) and torch.equal(info.trace, info_plain.trace)
+    with pytest.raises(TypeError, match=f"{solver.__name__}: has_aux=True needs f to return"):
+        solver(lambda z: z * 0.5, torch.ones(2, dtype=DT), has_aux=True)
+
+
+def test_custom_fixed_point_has_aux_through_fixed_point_iteration():
+    from unroll import custom_fixed_point
+
+    def T(x, a):
+        out = 0.5 * x + a  # x* = 2a
+        return out, {"half": 0.5 * out}
+
+    @custom_fixed_point(T, has_aux=True)
+    def solve(x, a):
+        return fixed_point_iteration(T, x, a, has_aux=True, tol=1e-14, maxiter=200)[0]
+
+    a = torch.tensor([1.0, -2.0], dtype=DT, requires_grad=True)
+    z, aux = solve(torch.zeros(2, dtype=DT), a)
+    torch.testing.assert_close(z, 2 * a.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(aux["half"], a.detach(), rtol=1e-12, atol=1e-12)
+    assert not aux["half"].requires_grad
+    (g,) = torch.autograd.grad(z.sum(), a)
+    torch.testing.assert_close(g, torch.full((2,), 2.0, dtype=DT), rtol=1e-10, atol=0)
+
+
+def test_anderson_mixing_frequency():
+    """``mixing_frequency=k`` mixes every k-th step; the steps between are plain steps, so
+    ``k > maxiter`` is plain iteration, and every ``k`` still converges to the fixed point."""
+    a = contraction(8, 0.95, seed=5)
+    c = torch.randn(8, dtype=DT, generator=torch.Generator().manual_seed(6))
+    ref = torch.linalg.solve(torch.eye(8, dtype=DT) - a, c)
+    z0 = torch.zeros(8, dtype=DT)
+    plain, _ = fixed_point_iteration(lambda z: a @ z + c, z0, tol=0, maxiter=7)
+    never, _ = anderson(lambda z: a @ z + c, z0, tol=0, maxiter=7, mixing_frequency=100)
+    torch.testing.assert_close(never, plain, rtol=0, atol=1e-15)
+    iters = {}
+    for k in (1, 2, 3):
+        z, info = anderson(lambda z: a @ z + c, z0, tol=1e-12, maxiter=500, mixing_frequency=k)
+        torch.testing.assert_close(z, ref, rtol=1e-9, atol=1e-10)
+        iters[k] = int(info.num_iter)
+    _, info_plain = fixed_point_iteration(lambda z: a @ z + c, z0, tol=1e-12, maxiter=2000)
+    assert iters[1] <= iters[3] < int(info_plain.num_iter)
+    with pytest.raises(ValueError, match="anderson: mixing_frequency"):
+        anderson(lambda z: z, z0, mixing_frequency=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_step_by_step_equals_one_call_bit_for_bit(batched):
+    from unroll.fixed_point import anderson_algorithm, fixed_point_iteration_algorithm
+
+    w, u, b, x = tanh_layer(4, 0.8, batch=3, seed=7)
+    z0 = {"z": torch.zeros_like(x), "pair": (torch.zeros_like(x),)}
+
+    def f(state, w, u, b, x):
+        z = tanh_f(state["z"], w, u, b, x)
+        return {"z": z, "pair": (0.5 * z + 0.1 * state["pair"][0],)}
+
+    for n in (1, 2, 9):
+        alg = fixed_point_iteration_algorithm(f, batched=batched)
+        state = alg.init(z0, w, u, b, x)
+        for _ in range(n):
+            state = alg.step(state, w, u, b, x)
+        one, _ = fixed_point_iteration(f, z0, w, u, b, x, tol=0, maxiter=n, batched=batched)
+        assert all(
+            torch.equal(p, q) for p, q in zip(tree_leaves(alg.output(state)), tree_leaves(one))
+        )
+        assert int(state.num_iter) == n
+        for m, k in ((3, 1), (4, 2)):
+            alg = anderson_algorithm(
+                f, history_size=m, beta=0.9, mixing_frequency=k, batched=batched
+            )
+            state = alg.init(z0, w, u, b, x)
+            for _ in range(n):
+                state = alg.step(state, w, u, b, x)
+            one, _ = anderson(
+                f,
+                z0,
+                w,
+                u,
+                b,
+                x,
+                history_size=m,
+                beta=0.9,
+                mixing_frequency=k,
+                tol=0,
+                maxiter=n,
+                batched=batched,
+            )
+            assert all(
+                torch.equal(p, q) for p, q in zip(tree_leaves(alg.output(state)), tree_leaves(one))
+            )
+    assert state.residual.shape == ((3,) if batched else ())
+
+
+def test_step_by_step_state_is_not_mutated():
+    from unroll.fixed_point import anderson_algorithm
+
+    a = contraction(4, 0.9, seed=8)
+    alg = anderson_algorithm(lambda z: a @ z + 1.0, history_size=2)
+    s = alg.init(torch.zeros(4, dtype=DT))
+    states = [s]
+    for _ in range(5):
+        states.append(alg.step(states[-1]))
+    copies = [None if t.fs is None else t.fs.clone() for t in states]
+    alg.step(states[-1])
+    for st, cp in zip(states, copies):
+        assert (cp is None and st.fs is None) or torch.equal(st.fs, cp)
+
+
+def tree_leaves(t):
+    from unroll import tree
+
+    return tree.leaves(t)

@@ -18,7 +18,9 @@ DT = torch.float64
 # the Krylov and dense solvers (the fixed-point ones need I − A to be a contraction, which
 # the operators below are not; tests/test_contract.py runs those too)
 ALL = linear_solvers(fixed_point=False)
-GENERAL = linear_solvers(fixed_point=False, spd_only=False)
+GENERAL = linear_solvers(fixed_point=False, spd_only=False, symmetric=False)
+NORMAL = linear_solvers(normal=True)  # (AᵀA + ρI) x = Aᵀb
+SYMMETRIC = linear_solvers(spd_only=True) + linear_solvers(symmetric=True)
 TIGHT = {"rtol": 1e-12}
 
 
@@ -69,7 +71,7 @@ def test_normal_cg_rectangular_needs_init():
 def test_ridge_and_init(solver):
     a, b = spd(10, seed=2), rand(10)
     x = solver(lambda v: a @ v, b, ridge=0.7, init=rand(10, seed=9), **TIGHT)
-    if solver is ls.solve_normal_cg:  # normal equations of (A + ρI)? no: AᵀA + ρI
+    if solver in NORMAL:  # normal equations of (A + ρI)? no: AᵀA + ρI
         ref = torch.linalg.solve(a.T @ a + 0.7 * torch.eye(10, dtype=DT), a.T @ b)
     else:
         ref = torch.linalg.solve(a + 0.7 * torch.eye(10, dtype=DT), b)
@@ -165,7 +167,7 @@ def test_vmap_matches_python_loop(solver):
     mats = torch.stack(
         [spd(5, seed=s) + (0 if solver is ls.solve_cg else 0.3 * nonsym(5, s)) for s in range(6)]
     )
-    if solver in (ls.solve_cg, ls.solve_cholesky):
+    if solver in SYMMETRIC:
         mats = torch.stack([spd(5, seed=s, cond=2.0 + s) for s in range(6)])
     bs = rand(6, 5)
     f = functools.partial(solver, **TIGHT)
@@ -185,7 +187,7 @@ def test_grad_through_solver(solver):
 
     ours = torch.func.grad(loss)(a, lambda m: solver(lambda v: m @ v, b, **TIGHT))
     ref = torch.func.grad(loss)(a, lambda m: torch.linalg.solve(m, b))
-    if solver is ls.solve_normal_cg:  # normal equations: differentiate the same map
+    if solver in NORMAL:  # normal equations: differentiate the same map
         ref = torch.func.grad(loss)(a, lambda m: torch.linalg.solve(m.T @ m, m.T @ b))
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-8)
 
@@ -268,9 +270,7 @@ def test_errors_name_the_solver(solver):
         solver(lambda v: v, torch.tensor([1.0, float("nan")], dtype=DT))
 
 
-@pytest.mark.parametrize(
-    "solver", [s for s in ALL if s is not ls.solve_normal_cg], ids=lambda f: f.__name__
-)
+@pytest.mark.parametrize("solver", [s for s in ALL if s not in NORMAL], ids=lambda f: f.__name__)
 def test_matvec_shape_mismatch(solver):
     with pytest.raises(ValueError, match=f"{solver.__name__}: matvec"):
         solver(lambda v: torch.cat([v, v]), rand(4))
@@ -320,3 +320,98 @@ def test_property_dense_solvers_agree(n, seed):
         torch.testing.assert_close(
             solver(lambda v: a @ v, b, rtol=1e-12), ref, rtol=1e-7, atol=1e-8
         )
+
+
+# --------------------------------------------------------------------------- issue 13 / 14 solvers
+def test_neumann_matches_dense_on_contractive_system():
+    a, b = spd(10, seed=4, cond=8.0), rand(10, seed=5)  # eigenvalues in [1, 8]
+    alpha = 2.0 / (1.0 + 8.0)  # ρ(I − αA) = 7/9 < 1
+    x, info = ls.solve_neumann(
+        lambda v: a @ v, b, alpha=alpha, rtol=1e-12, maxiter=500, return_info=True
+    )
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-10, atol=1e-11)
+    assert int(info.reason) == 0
+    assert float(info.residual_norm) <= 1e-12 * float(torch.linalg.norm(b))
+
+
+def test_neumann_partial_sum_is_torchopt_series():
+    """``rtol = 0, maxiter = K``: exactly ``α Σ_{k=0}^{K} (I − αA)^k b`` (TorchOpt's ``ns``)."""
+    a, b, alpha = spd(6, seed=6, cond=3.0), rand(6, seed=7), 0.4
+    m = torch.eye(6, dtype=DT) - alpha * a
+    series = alpha * sum(torch.linalg.matrix_power(m, k) @ b for k in range(11))
+    x = ls.solve_neumann(lambda v: a @ v, b, alpha=alpha, rtol=0.0, maxiter=10)
+    torch.testing.assert_close(x, series, rtol=1e-13, atol=1e-14)
+    y = ls.solve_inv(lambda v: a @ v, b, ns=True, alpha=alpha, rtol=0.0, maxiter=10)
+    torch.testing.assert_close(y, series, rtol=1e-13, atol=1e-14)
+    with pytest.raises(TypeError, match="solve_inv: alpha .*ns=True"):
+        ls.solve_inv(lambda v: a @ v, b, alpha=0.5)
+
+
+def test_neumann_divergence_is_reported():
+    a, b = spd(6, seed=8, cond=10.0), rand(6, seed=9)  # α = 1: ρ(I − A) = 9 > 1
+    with pytest.warns(ls.ConvergenceWarning, match=r"solve_neumann: .*\[diverged\].*spectral"):
+        x, info = ls.solve_neumann(lambda v: a @ v, b, return_info=True)
+    assert int(info.reason) == 4 and not bool(info.converged)  # 4: diverged
+    assert bool(torch.isfinite(x).all())
+    with pytest.raises(ls.ConvergenceError, match="solve_neumann"):
+        ls.solve_neumann(lambda v: a @ v, b, on_failure="raise")
+    with pytest.raises(ValueError, match="solve_neumann: alpha"):
+        ls.solve_neumann(lambda v: a @ v, b, alpha=0.0)
+
+
+def test_qr_nonsymmetric_and_singular():
+    a, b = nonsym(9, seed=3), rand(9, seed=4)
+    assert float((a - a.T).abs().max()) > 0.1
+    x = ls.solve_qr(lambda v: a @ v, b)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-12, atol=1e-13)
+    sing = torch.diag(torch.tensor([1.0, 0.0, 2.0], dtype=DT))
+    with pytest.raises(ValueError, match="solve_qr: the operator is singular"):
+        ls.solve_qr(lambda v: sing @ v, rand(3))
+
+
+def test_iterative_refinement_reaches_tight_tolerance_with_sloppy_inner_solver():
+    a, b = spd(12, seed=5, cond=50.0), rand(12, seed=6)
+    sloppy = functools.partial(ls.solve_cg, rtol=1e-2, on_failure="ignore")
+    inner_err = torch.linalg.norm(b - a @ sloppy(lambda v: a @ v, b))
+    assert float(inner_err) > 1e-4 * float(torch.linalg.norm(b))  # the inner solve is sloppy
+    x, info = ls.solve_iterative_refinement(
+        lambda v: a @ v, b, solve=sloppy, rtol=1e-12, maxiter=30, return_info=True
+    )
+    assert float(torch.linalg.norm(b - a @ x)) <= 1e-12 * float(torch.linalg.norm(b))
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-10, atol=1e-11)
+    assert 1 < int(info.num_iter) <= 30 and int(info.reason) == 0
+    with pytest.warns(ls.ConvergenceWarning, match="solve_iterative_refinement: .*max_iter"):
+        ls.solve_iterative_refinement(lambda v: a @ v, b, solve=sloppy, rtol=1e-12, maxiter=2)
+
+
+def test_minres_symmetric_indefinite():
+    q, _ = torch.linalg.qr(rand(10, 10, seed=11))
+    eig = torch.tensor([-3.0, -1.0, -0.5, 0.4, 0.7, 1.0, 2.0, 3.0, 5.0, 8.0], dtype=DT)
+    a, b = q @ torch.diag(eig) @ q.T, rand(10, seed=12)
+    a = (a + a.T) / 2
+    x, info = ls.solve_minres(lambda v: a @ v, b, rtol=1e-12, return_info=True)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-10)
+    assert float(torch.linalg.norm(b - a @ x)) <= 1e-10 * float(torch.linalg.norm(b))
+    assert int(info.num_iter) <= 12
+    with pytest.warns(ls.ConvergenceWarning, match=r"solve_cg: .*\[breakdown\]"):
+        ls.solve_cg(lambda v: a @ v, b, rtol=1e-12)  # CG cannot do this one
+
+
+def test_lsqr_rectangular_and_ridge_match_lstsq():
+    a, b = rand(20, 7, seed=3), rand(20)
+    z0 = torch.zeros(7, dtype=DT)
+    x = ls.solve_lsqr(lambda v: a @ v, b, init=z0, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1))
+    x0 = rand(7, seed=4)  # a warm start with damping: ridge applies to x, not to x − x0
+    x = ls.solve_lsqr(lambda v: a @ v, b, init=x0, ridge=0.3, rtol=1e-12)
+    ref = torch.linalg.solve(a.T @ a + 0.3 * torch.eye(7, dtype=DT), a.T @ b)
+    torch.testing.assert_close(x, ref, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("solver", [ls.solve_normal_cg, ls.solve_lsqr], ids=lambda f: f.__name__)
+def test_non_square_without_init_is_value_and_type_error(solver):
+    """unroll's rule (ValueError for bad input) and JAXopt's class (TypeError) both catch it."""
+    a = rand(20, 7, seed=3)
+    for cls in (ValueError, TypeError, ls.ShapeMismatchError):
+        with pytest.raises(cls, match=f"{solver.__name__}: .*init=... shaped like the unknown"):
+            solver(lambda v: a @ v, rand(20))

@@ -58,6 +58,11 @@ __all__ = [
     "FixedPointInfo",
     "fixed_point_iteration",
     "anderson",
+    "FixedPointAlgorithm",
+    "FixedPointState",
+    "AndersonState",
+    "fixed_point_iteration_algorithm",
+    "anderson_algorithm",
 ]
 
 
@@ -144,6 +149,47 @@ def _check_anderson(name: str, history_size: int, beta: float, ridge: float) -> 
 def _check_finite(name: str, what: str, leaves: list[torch.Tensor]) -> None:
     if host_any_nonfinite(leaves):
         raise ValueError(f"{name}: {what} contains NaN or Inf; check the inputs.")
+
+
+def _check_mixing(name: str, mixing_frequency: int) -> None:
+    if (
+        isinstance(mixing_frequency, bool)
+        or not isinstance(mixing_frequency, int)
+        or mixing_frequency < 1
+    ):
+        raise ValueError(
+            f"{name}: mixing_frequency must be an int >= 1 (1: mix at every step), got "
+            f"{mixing_frequency!r}."
+        )
+
+
+class _Aux:
+    """``f(z, *args) -> (z, aux)`` seen as ``z ↦ z`` (``has_aux``): the last ``aux`` is kept,
+    detached (it is passed through, never differentiated)."""
+
+    def __init__(self, name: str, f: Callable[..., Any]) -> None:
+        if not callable(f):
+            raise TypeError(f"{name}: f must be callable f(z, *args) -> (z, aux), got {f!r}.")
+        self.name, self.f, self.aux = name, f, None
+
+    def __call__(self, z: PyTree, *args: Any) -> PyTree:
+        out = self.f(z, *args)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"{self.name}: has_aux=True needs f to return (z, aux), got "
+                f"{type(out).__name__}; return a pair, or pass has_aux=False."
+            )
+        self.aux = tree.detach(out[1])
+        return out[0]
+
+
+def _with_aux(name: str, f: Callable[..., Any], has_aux: bool) -> tuple[Callable, _Aux | None]:
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"{name}: has_aux must be True or False, got {has_aux!r}.")
+    if not has_aux:
+        return f, None
+    wrapped = _Aux(name, f)
+    return wrapped, wrapped
 
 
 # =========================================================================== the map
@@ -415,6 +461,7 @@ def fixed_point_iteration(
     batched: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    has_aux: bool = False,
 ) -> tuple[PyTree, FixedPointInfo]:
     r"""Plain fixed-point iteration :math:`z_{k+1} = f(z_k, \text{args})`.
 
@@ -442,9 +489,14 @@ def fixed_point_iteration(
             :class:`~unroll.linear_solve.ConvergenceWarning` once per cause and call site;
             ``"raise"`` raises :class:`~unroll.linear_solve.ConvergenceError`; ``"ignore"``
             leaves it to ``FixedPointInfo.reason``.
+        has_aux: ``f`` returns ``(z, aux)``; the solver then returns ``((z, aux), info)``,
+            with ``aux`` (any pytree) of the last evaluation of ``f`` untouched but detached
+            (no gradient), as JAXopt's ``state.aux``.
 
     Returns:
-        ``(z, FixedPointInfo(num_iter, residual, converged, trace))``.
+        ``(z, FixedPointInfo(num_iter, residual, converged, trace, reason))``, or
+        ``((z, aux), info)`` with ``has_aux``.
+        For step-by-step use see :func:`fixed_point_iteration_algorithm`.
 
     Example:
         >>> import torch
@@ -457,6 +509,7 @@ def fixed_point_iteration(
         Banach fixed-point theorem; Bai, Kolter & Koltun, "Deep equilibrium models", 2019.
     """
     name = "fixed_point_iteration"
+    f, aux = _with_aux(name, f, has_aux)
     fmap = _Map(name, f, z0, args)
     if stop_mode not in _STOP_MODES:
         raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
@@ -467,7 +520,7 @@ def fixed_point_iteration(
         fmap, maxiter, _stop_rule(stop_mode, tol, batched), batched, check_every, tol == 0
     )
     report_fixed_point(name, info, tol, maxiter, on_failure)
-    return z, info
+    return (z, info) if aux is None else ((z, aux.aux), info)
 
 
 # =========================================================================== Anderson
@@ -540,8 +593,8 @@ class _History(NamedTuple):
         floor = torch.full((), torch.finfo(gs.dtype).tiny ** 0.5, dtype=gs.dtype, device=gs.device)
         return _History(fx.unsqueeze(1).repeat(1, m, 1), gs, torch.ones_like(gs[:, :, :1]), floor)
 
-    def push(self, slot: int, fx: torch.Tensor, g: torch.Tensor) -> _History:
-        if torch.is_grad_enabled() and (fx.requires_grad or self.fs.requires_grad):
+    def push(self, slot: int, fx: torch.Tensor, g: torch.Tensor, inplace: bool = True) -> _History:
+        if not inplace or (torch.is_grad_enabled() and (fx.requires_grad or self.fs.requires_grad)):
             # differentiable (unrolled through the iterations): no in-place history
             idx = torch.tensor([slot], device=fx.device)
             return self._replace(
@@ -564,6 +617,7 @@ def _anderson(
     beta: float,
     ridge: float,
     fixed: bool = False,
+    mixing: int = 1,
 ) -> tuple[list[torch.Tensor], FixedPointInfo]:
     flat = _Flat(z, batched)
     x = flat.to_mat(z)
@@ -584,21 +638,39 @@ def _anderson(
             if checks.any_done:
                 stopped = checks.stopped()
                 frozen = None if stopped is None else stopped.reshape(-1, 1)
-        if hist is None:
-            hist = _History.start(fx, g, history_size)
-        else:
-            hist = hist.push((k - 1) % history_size, fx, g)
-        n = min(k, history_size)
-        if n == 1:
-            x_new = x + beta * g
-        else:
-            fs, gs = hist.fs[:, :n], hist.gs[:, :n]
-            with exact if exact is not None else nullcontext():
-                alpha = _mixing_weights(gs, hist.ones[:, :n], ridge, hist.floor)
-                mix = fs if beta == 1 else fs - (1 - beta) * gs
-                x_new = (alpha.transpose(1, 2) * mix).sum(dim=1)
+        x_new, hist = _anderson_next(x, fx, g, hist, k, history_size, beta, ridge, mixing, exact)
         x = x_new if frozen is None else torch.where(frozen, x, x_new)
     return fmap.pack(checks.output(fz)), checks.info()
+
+
+def _anderson_next(
+    x: torch.Tensor,
+    fx: torch.Tensor,
+    g: torch.Tensor,
+    hist: _History | None,
+    k: int,
+    history_size: int,
+    beta: float,
+    ridge: float,
+    mixing: int,
+    exact: Any,
+    inplace: bool = True,
+) -> tuple[torch.Tensor, _History]:
+    """One Anderson update after the ``k``-th evaluation ``fx = f(x)`` (``g = fx − x``): push
+    it to the history, then mix the last ``min(k, m)`` steps (every ``mixing``-th step; the
+    others, and the first, are plain damped steps ``x + βg``)."""
+    if hist is None:
+        hist = _History.start(fx, g, history_size)
+    else:
+        hist = hist.push((k - 1) % history_size, fx, g, inplace)
+    n = min(k, history_size)
+    if n == 1 or k % mixing != 0:
+        return x + beta * g, hist
+    fs, gs = hist.fs[:, :n], hist.gs[:, :n]
+    with exact if exact is not None else nullcontext():
+        alpha = _mixing_weights(gs, hist.ones[:, :n], ridge, hist.floor)
+        mix = fs if beta == 1 else fs - (1 - beta) * gs
+        return (alpha.transpose(1, 2) * mix).sum(dim=1), hist
 
 
 def anderson(
@@ -614,6 +686,8 @@ def anderson(
     batched: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    has_aux: bool = False,
+    mixing_frequency: int = 1,
 ) -> tuple[PyTree, FixedPointInfo]:
     r"""Anderson acceleration (type II) of the fixed-point iteration of ``f``.
 
@@ -640,10 +714,15 @@ def anderson(
         beta: damping ``β > 0`` of the mixed step (``1`` = undamped).
         ridge: relative Tikhonov weight ``≥ 0`` (see above).
         maxiter: cap on evaluations of ``f``.
-        tol, stop_mode, batched, check_every, on_failure: as :func:`fixed_point_iteration`.
+        tol, stop_mode, batched, check_every, on_failure, has_aux: as
+            :func:`fixed_point_iteration`.
+        mixing_frequency: mix every ``k``-th step only; the steps between are plain damped
+            steps :math:`x_{k+1} = x_k + \beta g_k` (their ``f(x), g`` still enter the
+            history). ``1`` (default) mixes at every step (JAXopt's ``mixing_frequency``).
 
     Returns:
-        ``(z, FixedPointInfo)``; ``z`` is ``f`` of the last checked iterate.
+        ``(z, FixedPointInfo)``; ``z`` is ``f`` of the last checked iterate. For step-by-step
+        use see :func:`anderson_algorithm`.
 
     Example:
         >>> import torch
@@ -656,6 +735,8 @@ def anderson(
         Walker & Ni, SIAM J. Numer. Anal. 49(4), 2011.
     """
     name = "anderson"
+    _check_mixing(name, mixing_frequency)
+    f, aux = _with_aux(name, f, has_aux)
     fmap = _Map(name, f, z0, args)
     if stop_mode not in _STOP_MODES:
         raise ValueError(f"{name}: stop_mode must be 'abs' or 'rel', got {stop_mode!r}.")
@@ -674,9 +755,10 @@ def anderson(
         beta,
         ridge,
         tol == 0,
+        mixing_frequency,
     )
     report_fixed_point(name, info, tol, maxiter, on_failure)
-    return z, info
+    return (z, info) if aux is None else ((z, aux.aux), info)
 
 
 _FP_REMEDY = (
@@ -715,3 +797,210 @@ def report_fixed_point(
         tol_v = host_max(tol) if isinstance(tol, torch.Tensor) else tol
         detail = f"stopped at max_iter={maxiter}{where} with residual {r:.3e} above tol={tol_v:.3e}"
     report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
+
+
+# =========================================================================== step by step
+class FixedPointAlgorithm(NamedTuple):
+    """A fixed-point solver as pure functions, run step by step (like
+    :class:`unroll.algorithms.Algorithm`, and JAXopt's ``init_state`` / ``update``):
+
+    * ``state = init(z0, *args)``
+    * ``state = step(state, *args)``: one evaluation of ``f`` (and, for Anderson, one mixing)
+    * ``z = output(state)``: the last evaluation ``f(z)``, as the one-call solver returns it
+
+    ``n`` steps from ``init`` give, bit for bit, the one-call solver's result with ``tol=0``
+    and ``maxiter=n``. Nothing is mutated: every step returns a new state.
+    """
+
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    output: Callable[[Any], PyTree]
+
+
+class FixedPointState(NamedTuple):
+    """State of :func:`fixed_point_iteration_algorithm`.
+
+    Attributes:
+        z: the current iterate (the last evaluation of ``f``; ``z0`` after ``init``).
+        num_iter: evaluations of ``f`` so far (0-dim tensor).
+        residual: ``‖f(z) − z‖`` of the last step (``inf`` after ``init``; per sample when
+            ``batched``).
+        aux: the auxiliary output of the last evaluation (``has_aux``), else None.
+    """
+
+    z: PyTree
+    num_iter: torch.Tensor
+    residual: torch.Tensor
+    aux: Any = None
+
+
+class AndersonState(NamedTuple):
+    """State of :func:`anderson_algorithm`.
+
+    Attributes:
+        x: the next point to evaluate, flattened to a real ``(B, n)`` matrix (``B = 1`` unless
+            batched; complex leaves as real/imaginary pairs).
+        fz: the last evaluation ``f(x)`` as a pytree shaped like ``z0`` (``z0`` after
+            ``init``).
+        fs, gs: the history of ``f(xᵢ)`` and ``gᵢ = f(xᵢ) − xᵢ``, ``(B, m, n)`` (None after
+            ``init``).
+        num_iter: evaluations of ``f`` so far.
+        residual: ``‖f(x) − x‖`` of the last step (per sample when batched).
+        aux: the auxiliary output of the last evaluation (``has_aux``), else None.
+    """
+
+    x: torch.Tensor
+    fz: PyTree
+    fs: torch.Tensor | None
+    gs: torch.Tensor | None
+    num_iter: torch.Tensor
+    residual: torch.Tensor
+    aux: Any = None
+
+
+def _start_count(leaves: list[torch.Tensor], batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    like = leaves[0]
+    shape = (like.shape[0],) if batched else ()
+    real = like.real.dtype if like.is_complex() else like.dtype
+    return (
+        torch.zeros((), dtype=torch.long, device=like.device),
+        torch.full(shape, math.inf, dtype=real, device=like.device),
+    )
+
+
+def _call(name: str, f: Callable[..., Any], z: PyTree, args: tuple, has_aux: bool):
+    out = f(z, *args)
+    if not has_aux:
+        return out, None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            f"{name}: has_aux=True needs f to return (z, aux), got {type(out).__name__}."
+        )
+    return out[0], tree.detach(out[1])
+
+
+def fixed_point_iteration_algorithm(
+    f: Callable[..., PyTree], *, batched: bool = False, has_aux: bool = False
+) -> FixedPointAlgorithm:
+    r"""Plain fixed-point iteration :math:`z_{k+1} = f(z_k, \text{args})`, step by step.
+
+    The step-by-step form of :func:`fixed_point_iteration` (see
+    :class:`FixedPointAlgorithm`): you own the loop, e.g. to log, to change ``args`` between
+    steps, or to stop on your own criterion from ``state.residual``.
+
+    Args:
+        f: ``f(z, *args) -> z`` (or ``(z, aux)`` with ``has_aux``).
+        batched: ``state.residual`` per sample (leading dimension of every leaf).
+        has_aux: ``f`` returns ``(z, aux)``; ``state.aux`` holds the last ``aux``, detached.
+
+    Returns:
+        :class:`FixedPointAlgorithm` over :class:`FixedPointState`.
+
+    Example:
+        >>> import torch
+        >>> alg = fixed_point_iteration_algorithm(torch.cos)
+        >>> state = alg.init(torch.tensor(1.0, dtype=torch.float64))
+        >>> for _ in range(100):
+        ...     state = alg.step(state)
+        >>> z, _ = fixed_point_iteration(torch.cos, torch.tensor(1.0, dtype=torch.float64),
+        ...                              tol=0, maxiter=100)
+        >>> torch.equal(alg.output(state), z)
+        True
+    """
+    name = "fixed_point_iteration_algorithm"
+    if not callable(f):
+        raise TypeError(f"{name}: f must be callable f(z, *args) -> z, got {type(f).__name__}.")
+    if not isinstance(has_aux, bool) or not isinstance(batched, bool):
+        raise TypeError(f"{name}: has_aux and batched must be True or False.")
+
+    def init(z0: PyTree, *args: Any) -> FixedPointState:
+        leaves = tree.leaves(z0)
+        _check_common(name, leaves, 1, 0.0, batched, None)
+        count, res = _start_count(leaves, batched)
+        return FixedPointState(z0, count, res, None)
+
+    def step(state: FixedPointState, *args: Any) -> FixedPointState:
+        fz, aux = _call(name, f, state.z, args, has_aux)
+        zl, fl = tree.leaves(state.z), tree.leaves(fz)
+        if len(zl) != len(fl) or any(a.shape != b.shape for a, b in zip(zl, fl)):
+            raise ValueError(f"{name}: f must return a state shaped like z.")
+        res = _norm([a - b for a, b in zip(fl, zl)], batched)
+        return FixedPointState(fz, state.num_iter + 1, res, aux)
+
+    return FixedPointAlgorithm(init, step, lambda state: state.z)
+
+
+def anderson_algorithm(
+    f: Callable[..., PyTree],
+    *,
+    history_size: int = 5,
+    beta: float = 1.0,
+    ridge: float = 1e-4,
+    mixing_frequency: int = 1,
+    batched: bool = False,
+    has_aux: bool = False,
+) -> FixedPointAlgorithm:
+    r"""Anderson acceleration, step by step: the step-by-step form of :func:`anderson`
+    (same update, options and meaning; see :class:`FixedPointAlgorithm`).
+
+    Args:
+        f: ``f(z, *args) -> z`` (or ``(z, aux)`` with ``has_aux``).
+        history_size, beta, ridge, mixing_frequency: as :func:`anderson`.
+        batched: the leading dimension of every leaf indexes independent problems.
+        has_aux: ``f`` returns ``(z, aux)``; ``state.aux`` holds the last ``aux``, detached.
+
+    Returns:
+        :class:`FixedPointAlgorithm` over :class:`AndersonState`.
+
+    Example:
+        >>> import torch
+        >>> alg = anderson_algorithm(torch.cos, history_size=3)
+        >>> state = alg.init(torch.tensor(1.0, dtype=torch.float64))
+        >>> for _ in range(10):
+        ...     state = alg.step(state)
+        >>> z, _ = anderson(torch.cos, torch.tensor(1.0, dtype=torch.float64), history_size=3,
+        ...                 tol=0, maxiter=10)
+        >>> torch.equal(alg.output(state), z)
+        True
+
+    References:
+        Walker & Ni, SIAM J. Numer. Anal. 49(4), 2011.
+    """
+    name = "anderson_algorithm"
+    if not callable(f):
+        raise TypeError(f"{name}: f must be callable f(z, *args) -> z, got {type(f).__name__}.")
+    _check_anderson(name, history_size, beta, ridge)
+    _check_mixing(name, mixing_frequency)
+    if not isinstance(has_aux, bool) or not isinstance(batched, bool):
+        raise TypeError(f"{name}: has_aux and batched must be True or False.")
+
+    def init(z0: PyTree, *args: Any) -> AndersonState:
+        leaves, spec = tree.flatten(z0)
+        _check_common(name, leaves, 1, 0.0, batched, None)
+        count, res = _start_count(leaves, batched)
+        return AndersonState(_Flat(leaves, batched).to_mat(leaves), z0, None, None, count, res)
+
+    def step(state: AndersonState, *args: Any) -> AndersonState:
+        leaves, spec = tree.flatten(state.fz)
+        flat = _Flat(leaves, batched)
+        fz, aux = _call(name, f, tree.unflatten(spec, flat.from_mat(state.x)), args, has_aux)
+        fl, fspec = tree.flatten(fz)
+        if fspec != spec or any(a.shape != b.shape for a, b in zip(fl, leaves)):
+            raise ValueError(f"{name}: f must return a state with the structure of z0.")
+        fx = flat.to_mat(fl)
+        g = fx - state.x
+        hist = None
+        if state.fs is not None and state.gs is not None:
+            ones = torch.ones_like(state.gs[:, :, :1])
+            floor = torch.full((), torch.finfo(g.dtype).tiny ** 0.5, dtype=g.dtype, device=g.device)
+            hist = _History(state.fs, state.gs, ones, floor)
+        k = int(state.num_iter) + 1
+        device = g.device.type
+        exact = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
+        x_new, hist = _anderson_next(
+            state.x, fx, g, hist, k, history_size, beta, ridge, mixing_frequency, exact, False
+        )
+        res = torch.linalg.vector_norm(g, dim=1 if batched else None)
+        return AndersonState(x_new, fz, hist.fs, hist.gs, state.num_iter + 1, res, aux)
+
+    return FixedPointAlgorithm(init, step, lambda state: state.fz)

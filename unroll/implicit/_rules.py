@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -115,7 +115,8 @@ def _accepts(fn: Callable, name: str) -> bool:
     base = fn
     while isinstance(base, functools.partial):
         base = base.func
-    if getattr(base, "__module__", None) == "unroll.linear_solve" and name in _SOLVER_OPTIONS:
+    module = str(getattr(base, "__module__", ""))
+    if module.startswith("unroll.linear_solve") and name in _SOLVER_OPTIONS:
         return True
     try:
         params = inspect.signature(fn).parameters
@@ -600,8 +601,12 @@ def custom_fixed_point(
     (Richardson) or Anderson solve of it converges, as do GMRES and BiCGStab.
 
     Args:
-        fixed_point_fn: ``T(params, *args)`` returning a pytree shaped like ``params``.
-        argnums, has_aux, on_failure: as :func:`custom_root`.
+        fixed_point_fn: ``T(params, *args)`` returning a pytree shaped like ``params``; with
+            ``has_aux`` it may also return ``(params, aux)`` (the map given to
+            ``fixed_point_iteration(..., has_aux=True)``; ``aux`` is then ignored here).
+        argnums, on_failure: as :func:`custom_root`.
+        has_aux: the decorated solver returns ``(params, aux)`` (JAXopt's meaning); ``aux``
+            is passed through untouched and detached (no gradient).
         solve: linear solver for the (non-symmetric) backward system; default
             :func:`~unroll.linear_solve.solve_gmres`.
 
@@ -633,11 +638,25 @@ def _custom_fixed_point(
         raise TypeError(f"{api}: fixed_point_fn must be callable T(params, *args).")
 
     def optimality_fn(x, *args, **kwargs):
-        return tree.sub(x, fixed_point_fn(x, *args, **kwargs))
+        out = fixed_point_fn(x, *args, **kwargs)
+        if has_aux and _is_pair_with_aux(out, x):  # T(x) -> (x, aux), as the solver's f
+            out = cast(tuple, out)[0]
+        return tree.sub(x, out)
 
     functools.update_wrapper(optimality_fn, fixed_point_fn)
     optimality_fn.__wrapped__ = fixed_point_fn  # signature binding uses T's names
     return _custom_root(api, optimality_fn, argnums, has_aux, solve, on_failure, label, remedy)
+
+
+def _is_pair_with_aux(out: Any, x: PyTree) -> bool:
+    """``out`` is ``(T(x), aux)`` rather than ``T(x)``: a pair whose first element, not
+    ``out`` itself, has the structure of ``x``."""
+    return (
+        isinstance(out, tuple)
+        and len(out) == 2
+        and tree.structure(out) != tree.structure(x)
+        and tree.structure(out[0]) == tree.structure(x)
+    )
 
 
 def _custom_root(

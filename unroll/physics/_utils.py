@@ -18,7 +18,10 @@ import torch
 from unroll._failure import check_on_failure
 from unroll._host import host_any, unwrap
 
-SOLVE_OPTIONS = ("max_iter", "tol", "implicit_backward_solver", "on_failure")
+SOLVERS = ("CG", "BiCGStab", "lsqr", "minres")
+"""The least-squares solvers of :func:`least_squares` (DeepInverse 0.4.1's names)."""
+
+SOLVE_OPTIONS = ("max_iter", "tol", "implicit_backward_solver", "on_failure", "solver")
 """The per-call options of ``prox_l2`` / ``A_dagger`` (every physics accepts the same names;
 closed forms validate and then ignore them)."""
 
@@ -226,6 +229,7 @@ class SolveOptions(NamedTuple):
     tol: float | None
     implicit_backward_solver: bool | None
     on_failure: str | None
+    solver: str | None = None
 
     def least_squares_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`unroll.physics.least_squares` (unset ones left
@@ -237,6 +241,8 @@ class SolveOptions(NamedTuple):
         }
         if self.on_failure is not None:
             out["on_failure"] = self.on_failure
+        if self.solver is not None:
+            out["solver"] = self.solver
         return out
 
 
@@ -247,10 +253,15 @@ def check_solve_options(
     implicit_backward_solver: Any = None,
     on_failure: Any = None,
     unknown: dict[str, Any] | None = None,
+    *,
+    solver: Any = None,
 ) -> SolveOptions:
     """Reject unknown option names (with "did you mean") and bad values; closed-form methods
-    call this too, so that a misspelt option never passes silently."""
-    for key in unknown or {}:
+    call this too, so that a misspelt option never passes silently (a ``solver`` among their
+    ``**unknown`` options is validated and, with nothing to solve iteratively, ignored)."""
+    unknown = dict(unknown or {})
+    solver = unknown.pop("solver", solver)
+    for key in unknown:
         hint = difflib.get_close_matches(key, SOLVE_OPTIONS, n=1, cutoff=0.5)
         if key in ("maxiter", "max_iters", "num_iter", "n_iter"):
             hint = ["max_iter"]
@@ -273,6 +284,21 @@ def check_solve_options(
         )
     if on_failure is not None:
         check_on_failure(api, on_failure)
+    if solver is not None:
+        solver = check_solver(api, solver)
     return SolveOptions(
-        max_iter, None if tol is None else float(tol), implicit_backward_solver, on_failure
+        max_iter, None if tol is None else float(tol), implicit_backward_solver, on_failure, solver
+    )
+
+
+def check_solver(api: str, solver: Any) -> str:
+    """Validate a least-squares ``solver`` name (case-insensitive) and return its canonical
+    spelling, one of :data:`SOLVERS`."""
+    if isinstance(solver, str):
+        for name in SOLVERS:
+            if solver.lower() == name.lower():
+                return name
+    raise ValueError(
+        f"{api}: solver must be one of {', '.join(map(repr, SOLVERS))} (DeepInverse's names), "
+        f"got {solver!r}."
     )

@@ -20,6 +20,7 @@ import optree
 import torch
 
 from unroll import tree
+from unroll.physics import spectral
 from unroll.physics._utils import (
     SolveOptions,
     check_solve_options,
@@ -28,12 +29,12 @@ from unroll.physics._utils import (
     require_tensor,
     validate_prox_gamma,
 )
-from unroll.physics.prox import _least_squares, least_squares
+from unroll.physics.prox import _least_squares, check_solver, least_squares
 
 __all__ = ["LinearPhysics", "ComposedPhysics", "compose"]
 
 _NOISE_IN_CHILDREN = "<noise model is a pytree child>"
-_SETTINGS = ("max_iter", "tol", "implicit_backward_solver")
+_SETTINGS = ("max_iter", "tol", "implicit_backward_solver", "solver")
 
 
 class LinearPhysics:
@@ -89,6 +90,7 @@ class LinearPhysics:
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         if type(self) is LinearPhysics and (not callable(A) or not callable(A_adjoint)):
             raise TypeError(
@@ -97,7 +99,7 @@ class LinearPhysics:
             )
         self._A_fn = A
         self._At_fn = A_adjoint
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,6 +112,7 @@ class LinearPhysics:
         max_iter: int,
         tol: float,
         implicit_backward_solver: bool,
+        solver: str = "CG",
     ) -> None:
         name = type(self).__name__
         if noise_model is not None and not callable(noise_model):
@@ -124,6 +127,7 @@ class LinearPhysics:
         self.max_iter = max_iter
         self.tol = float(tol)
         self.implicit_backward_solver = implicit_backward_solver
+        self.solver = check_solver(name, solver)
 
     def replace(self, **changes: Any) -> LinearPhysics:
         """A copy with some attributes replaced (the original is left untouched).
@@ -146,6 +150,7 @@ class LinearPhysics:
             settings["max_iter"],
             settings["tol"],
             settings["implicit_backward_solver"],
+            settings["solver"],
         )
         for key, value in changes.items():
             setattr(new, key, value)
@@ -192,6 +197,7 @@ class LinearPhysics:
         tol: float | None = None,
         implicit_backward_solver: bool | None = None,
         on_failure: str | None = None,
+        solver: str | None = None,
         **unknown: Any,
     ) -> torch.Tensor:
         r"""Proximal step of the data fidelity :math:`f(x) = \tfrac12\|Ax-y\|^2`:
@@ -203,14 +209,15 @@ class LinearPhysics:
         ``(B,)`` tensor or a tensor shaped like ``z`` (a large finite ``γ`` gives the
         data-consistent limit: the least-squares solution nearest ``z``). This default runs
         conjugate gradient through :func:`least_squares`; the keyword options
-        ``max_iter``, ``tol``, ``implicit_backward_solver`` override the object's settings for
+        ``max_iter``, ``tol``, ``implicit_backward_solver``, ``solver`` override the object's
+        settings for
         this call only and ``on_failure`` (``"warn"`` / ``"raise"`` / ``"ignore"``, default
         ``"warn"``) says what an unconverged solve does; closed-form subclasses validate and
         ignore them (they cannot fail). Any other name raises a ``TypeError``.
         """
         api = f"{type(self).__name__}.prox_l2"
         opts = check_solve_options(
-            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown, solver=solver
         )
         require_tensor(api, "z", z)
         validate_prox_gamma(api, gamma, z)
@@ -233,6 +240,7 @@ class LinearPhysics:
         tol: float | None = None,
         implicit_backward_solver: bool | None = None,
         on_failure: str | None = None,
+        solver: str | None = None,
         **unknown: Any,
     ) -> torch.Tensor:
         r"""Minimum-norm least-squares solution :math:`A^\dagger y = \arg\min \|x\|` over
@@ -241,9 +249,55 @@ class LinearPhysics:
         :meth:`prox_l2`."""
         api = f"{type(self).__name__}.A_dagger"
         opts = check_solve_options(
-            api, max_iter, tol, implicit_backward_solver, on_failure, unknown
+            api, max_iter, tol, implicit_backward_solver, on_failure, unknown, solver=solver
         )
         return cast(torch.Tensor, least_squares(self, y, None, None, **opts.least_squares_kwargs()))
+
+    # ------------------------------------------------------------------ checks and norms
+    def adjointness_test(
+        self, u: torch.Tensor, *, rng: torch.Generator | None = None
+    ) -> torch.Tensor:
+        r""":math:`\overline{\langle v, Au\rangle} - \langle u, A^\top v\rangle` for a random
+        normal ``v`` (zero for an exact adjoint); see
+        :func:`unroll.physics.spectral.adjointness_test`."""
+        return spectral.adjointness_test(self, u, rng=rng)
+
+    def compute_sqnorm(
+        self,
+        x0: torch.Tensor,
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        verbose: bool = False,
+        rng: torch.Generator | None = None,
+        on_failure: str = "warn",
+        **unknown: Any,
+    ) -> torch.Tensor:
+        r""":math:`\|A\|_2^2 = \|A^\top A\|_2` by the power method (``x0``: an input-shaped
+        tensor, values ignored); see :func:`unroll.physics.spectral.compute_sqnorm`."""
+        return spectral.compute_sqnorm(
+            self,
+            x0,
+            max_iter=max_iter,
+            tol=tol,
+            verbose=verbose,
+            rng=rng,
+            on_failure=on_failure,
+            **unknown,
+        )
+
+    def compute_norm(
+        self,
+        x0: torch.Tensor,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        verbose: bool = False,
+        squared: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        r""":math:`\|A\|_2` (``squared=False``) or, DeepInverse's deprecated default,
+        :math:`\|A^\top A\|_2`; see :func:`unroll.physics.spectral.compute_norm`."""
+        return spectral.compute_norm(self, x0, max_iter, tol, verbose, squared, **kwargs)
 
     # ------------------------------------------------------------------ precision / device
     def to(
@@ -354,7 +408,8 @@ class ComposedPhysics(LinearPhysics):
 
     Args:
         *operators: the factors ``A_1, ..., A_k`` (outermost first).
-        noise_model, max_iter, tol, implicit_backward_solver: default to those of ``A_1``.
+        noise_model, max_iter, tol, implicit_backward_solver, solver: default to those of
+            ``A_1``.
 
     Example:
         >>> import torch
@@ -376,6 +431,7 @@ class ComposedPhysics(LinearPhysics):
         max_iter: int | None = None,
         tol: float | None = None,
         implicit_backward_solver: bool | None = None,
+        solver: str | None = None,
     ) -> None:
         if not operators:
             raise ValueError("ComposedPhysics: pass at least one operator.")
@@ -396,6 +452,7 @@ class ComposedPhysics(LinearPhysics):
             outer.implicit_backward_solver
             if implicit_backward_solver is None
             else implicit_backward_solver,
+            outer.solver if solver is None else solver,
         )
 
     def A(self, x: torch.Tensor) -> torch.Tensor:

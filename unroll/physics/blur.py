@@ -319,6 +319,7 @@ class Blur(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         require_real("Blur", "filter", filter)
         if filter.dim() == 2:
@@ -332,7 +333,7 @@ class Blur(LinearPhysics):
             raise ValueError(f"Blur: padding must be one of {PADDINGS}, got {padding!r}.")
         self.filter = filter
         self.padding = padding
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_real(api, name, x)

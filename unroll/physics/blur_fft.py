@@ -72,6 +72,7 @@ class BlurFFT(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         require_real("BlurFFT", "filter", filter)
         if filter.dim() == 2:
@@ -91,7 +92,7 @@ class BlurFFT(LinearPhysics):
             )
         self.filter = filter
         self.img_size = img_size
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_image(api, name, x)

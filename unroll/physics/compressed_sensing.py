@@ -131,6 +131,7 @@ class CompressedSensing(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         api = "CompressedSensing"
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -191,7 +192,7 @@ class CompressedSensing(LinearPhysics):
         self.img_size = img_size
         self.fast = fast
         self.channelwise = channelwise
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     # ------------------------------------------------------------------ helpers
     @property

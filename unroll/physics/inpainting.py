@@ -82,10 +82,11 @@ class Denoising(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         if noise_model is _DEFAULT:
             noise_model = GaussianNoise(DEFAULT_NOISE_LEVEL)
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return require_tensor("Denoising.A", "x", x)
@@ -174,6 +175,7 @@ class Inpainting(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         if _is_shape(mask) and not _is_shape(img_size):  # DeepInverse's (img_size, mask)
             mask, img_size = img_size, mask  # type: ignore[assignment]
@@ -187,7 +189,7 @@ class Inpainting(LinearPhysics):
             mask = mask.to(torch.get_default_dtype())
         require_real("Inpainting", "mask", mask)
         self.mask = mask
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     def _mask_for(self, api: str, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         require_tensor(api, name, x)

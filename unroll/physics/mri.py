@@ -260,6 +260,7 @@ class MRI(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         api = type(self).__name__
         if not isinstance(three_d, bool):
@@ -268,7 +269,7 @@ class MRI(LinearPhysics):
         if mask is None:
             mask = _default_mask(api, img_size, self._spatial)
         self.mask = self._prepare_mask(api, _real_mask(api, mask))
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     @property
     def _spatial(self) -> int:
@@ -401,6 +402,7 @@ class DynamicMRI(MRI):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         super().__init__(
             mask,
@@ -410,6 +412,7 @@ class DynamicMRI(MRI):
             max_iter=max_iter,
             tol=tol,
             implicit_backward_solver=implicit_backward_solver,
+            solver=solver,
         )
 
     three_d = False
@@ -498,6 +501,7 @@ class MultiCoilMRI(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         api = "MultiCoilMRI"
         if not isinstance(three_d, bool):
@@ -549,7 +553,7 @@ class MultiCoilMRI(LinearPhysics):
             )
         _check_mask_fits_maps(api, self.mask, coil_maps, sp)
         self.coil_maps = coil_maps
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     @property
     def _spatial(self) -> int:

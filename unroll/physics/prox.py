@@ -38,18 +38,27 @@ from unroll import tree
 from unroll._failure import SolveInfo, check_on_failure, report_failure
 from unroll._host import host_any, is_transformed
 from unroll._typing import LinearOperator
-from unroll.linear_solve import solve_cg
-from unroll.physics._utils import expand_per_sample, real_dtype, require_tensor
+from unroll.linear_solve import solve_bicgstab, solve_cg, solve_lsqr, solve_minres
+from unroll.physics._utils import (
+    SOLVERS,
+    check_solver,
+    expand_per_sample,
+    real_dtype,
+    require_tensor,
+)
 
-__all__ = ["least_squares", "check_gamma"]
+__all__ = ["least_squares", "check_gamma", "SOLVERS", "check_solver"]
 
 _API = "least_squares"
+
+_SYSTEM_SOLVERS = {"CG": solve_cg, "BiCGStab": solve_bicgstab, "minres": solve_minres}
 
 
 class _Settings(NamedTuple):
     max_iter: int
     tol: float
     on_failure: str = "warn"
+    solver: str = "CG"
 
 
 _FORWARD_REMEDY = (
@@ -74,6 +83,7 @@ def least_squares(
     implicit_backward_solver: bool | None = None,
     return_info: bool = False,
     on_failure: str = "warn",
+    solver: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
     r"""Per-sample solution of :math:`\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2`.
 
@@ -107,6 +117,26 @@ def least_squares(
             :class:`~unroll.linear_solve.ConvergenceWarning` named ``least_squares (forward)``
             or ``least_squares (backward)``, once per cause and call site), ``"raise"`` or
             ``"ignore"``.
+        solver: the Krylov method, DeepInverse 0.4.1's names (case-insensitive; default
+            ``physics.solver`` if the physics has one, else ``"CG"``):
+
+            * ``"CG"``: :func:`~unroll.linear_solve.solve_cg` on the normal system
+              :math:`(A^\top A + I/\gamma)h = A^\top y + z/\gamma` (symmetric positive
+              definite);
+            * ``"BiCGStab"``: :func:`~unroll.linear_solve.solve_bicgstab` on the same system
+              (real operators);
+            * ``"minres"``: :func:`~unroll.linear_solve.solve_minres` on the same system (real
+              operators);
+            * ``"lsqr"``: :func:`~unroll.linear_solve.solve_lsqr` on ``A`` itself, never forming
+              :math:`A^\top A`: :math:`h = z + d`, :math:`d = \arg\min \|A d - (y - A z)\|^2
+              + \|d\|^2/\gamma` (``tol`` then applies to the residual of that problem's
+              normal equations, relative to :math:`\|A^\top(y - Az)\|`).
+
+            Each has an implicit backward solving :math:`(A^\top A + I/\gamma)w = v` with the
+            same method: ``"lsqr"`` as the damped problem :math:`w = \gamma v + \arg\min_d
+            \|A d + \gamma A v\|^2 + \|d\|^2/\gamma` (with MINRES on the symmetric system
+            instead for higher-order derivatives, inside ``torch.func`` transforms, and for
+            ``gamma=None``).
 
     Returns:
         ``h`` shaped like ``x`` (or ``(h, info)``).
@@ -148,6 +178,7 @@ def least_squares(
         implicit_backward_solver=implicit_backward_solver,
         return_info=return_info,
         on_failure=on_failure,
+        solver=solver,
     )
 
 
@@ -164,6 +195,7 @@ def _least_squares(
     return_info: bool = False,
     on_failure: str = "warn",
     gamma_checked: bool = False,
+    solver: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
     """:func:`least_squares`; ``gamma_checked``: the caller (``prox_l2``) already validated
     ``gamma`` (saves a second host read)."""
@@ -174,7 +206,7 @@ def _least_squares(
             f"{type(physics).__name__}."
         )
     require_tensor(_API, "y", y)
-    settings = _settings(physics, max_iter, tol, on_failure)
+    settings = _settings(physics, max_iter, tol, on_failure, solver)
     implicit = (
         physics.implicit_backward_solver
         if implicit_backward_solver is None
@@ -193,10 +225,10 @@ def _least_squares(
         start = torch.zeros_like(x_like) if init is None else _check_like("init", init, x_like)
         if implicit:
             normal = _fast_normal_op(physics, None, (y,))
-            solver = _pinv_solver(settings, _differentiable(physics), normal)
+            run = _pinv_solver(settings, _differentiable(physics), normal)
         else:
-            solver = functools.partial(_pinv_cg, settings=settings)
-        h, info = solver(start, y, physics)
+            run = functools.partial(_pinv_cg, settings=settings)
+        h, info = run(start, y, physics)
     else:
         z = torch.zeros_like(x_like) if z is None else _check_like("z", z, x_like)
         if not gamma_checked:
@@ -209,10 +241,13 @@ def _least_squares(
             start = _check_like("init", init, x_like)
         if implicit:
             normal = _fast_normal_op(physics, gamma, (y, z))
-            solver = _prox_solver(settings, _differentiable(physics), normal)
+            direct = None
+            if settings.solver == "lsqr" and normal is not None:
+                direct = _lsqr_backward(tree.detach(physics), gamma.detach(), settings)
+            run = _prox_solver(settings, _differentiable(physics), normal, direct)
         else:
-            solver = functools.partial(_prox_cg, settings=settings)
-        h, info = solver(start, z, y, gamma, physics)
+            run = functools.partial(_prox_cg, settings=settings)
+        h, info = run(start, z, y, gamma, physics)
     report_failure(
         f"{_API} (forward)",
         info,
@@ -227,7 +262,11 @@ def _least_squares(
 
 # ---------------------------------------------------------------------- validation
 def _settings(
-    physics: LinearOperator, max_iter: int | None, tol: float | None, on_failure: str
+    physics: LinearOperator,
+    max_iter: int | None,
+    tol: float | None,
+    on_failure: str,
+    solver: str | None = None,
 ) -> _Settings:
     max_iter = physics.max_iter if max_iter is None else max_iter
     tol = physics.tol if tol is None else tol
@@ -235,7 +274,10 @@ def _settings(
         raise ValueError(f"{_API}: max_iter must be a positive int, got {max_iter!r}.")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
         raise ValueError(f"{_API}: tol must be a finite number >= 0, got {tol!r}.")
-    return _Settings(max_iter, float(tol), check_on_failure(_API, on_failure))
+    solver = getattr(physics, "solver", "CG") if solver is None else solver
+    return _Settings(
+        max_iter, float(tol), check_on_failure(_API, on_failure), check_solver(_API, solver)
+    )
 
 
 def _check_like(name: str, t: Any, x_like: torch.Tensor) -> torch.Tensor:
@@ -306,13 +348,27 @@ def _prox_cg(
     settings: _Settings,
 ) -> tuple[torch.Tensor, SolveInfo]:
     inv_g = 1 / expand_per_sample(gamma, z)
+    if settings.solver == "lsqr":  # h = z + argmin ‖A d − (y − A z)‖² + ‖d‖²/γ
+        d, info = solve_lsqr(
+            physics.A,
+            y - physics.A(z),
+            init=init - z,
+            ridge=inv_g,
+            rtol=settings.tol,
+            maxiter=settings.max_iter,
+            batched=True,
+            return_info=True,
+            on_failure="ignore",  # reported by least_squares, by its name
+            rmatvec=physics.A_adjoint,
+        )
+        return z + d, info
     rhs = torch.addcmul(physics.A_adjoint(y), z, inv_g)
     normal = physics.normal_operator(z)
 
     def matvec(h: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(normal(h), h, inv_g)  # AᵀA h + h/γ in one op
 
-    return solve_cg(
+    return _SYSTEM_SOLVERS[settings.solver](
         matvec,
         rhs,
         init=init,
@@ -327,7 +383,19 @@ def _prox_cg(
 def _pinv_cg(
     init: torch.Tensor, y: torch.Tensor, physics: LinearOperator, *, settings: _Settings
 ) -> tuple[torch.Tensor, SolveInfo]:
-    return solve_cg(
+    if settings.solver == "lsqr":  # min-norm least squares from zero
+        return solve_lsqr(
+            physics.A,
+            y,
+            init=init,
+            rtol=settings.tol,
+            maxiter=settings.max_iter,
+            batched=True,
+            return_info=True,
+            on_failure="ignore",
+            rmatvec=physics.A_adjoint,
+        )
+    return _SYSTEM_SOLVERS[settings.solver](
         physics.normal_operator(init),
         physics.A_adjoint(y),
         init=init,
@@ -339,7 +407,31 @@ def _pinv_cg(
     )
 
 
-def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False):
+def _lsqr_backward(physics: LinearOperator, gamma: torch.Tensor, settings: _Settings):
+    """``v ↦ w = (AᵀA + I/γ)⁻¹ v`` by LSQR on ``A`` (physics and γ detached): ``w`` is the
+    prox at ``y = 0``, ``z = γv``, i.e. ``γv + argmin ‖A d + γ A v‖² + ‖d‖²/γ``."""
+
+    def solve(v: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
+        g = expand_per_sample(gamma, v)
+        gv = g * v
+        d, info = solve_lsqr(
+            physics.A,
+            -physics.A(gv),
+            init=torch.zeros_like(v),
+            ridge=1 / g,
+            rtol=settings.tol,
+            maxiter=settings.max_iter,
+            batched=True,
+            return_info=True,
+            on_failure="ignore",
+            rmatvec=physics.A_adjoint,
+        )
+        return gv + d, info
+
+    return solve
+
+
+def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False, direct=None):
     """The backward linear solve: batched CG whose failures are reported (``on_failure``) as
     ``least_squares (backward)``.
 
@@ -352,22 +444,30 @@ def _backward_solve(settings: _Settings, normal_op=None, singular: bool = False)
     ``singular``: the system ``AᵀA u = b`` of the pseudo-inverse may be singular and
     inconsistent; CG then runs on ``(AᵀA)² u = AᵀA b``, whose solution from zero is the
     minimum-norm least-squares ``u = (AᵀA)⁺ b``.
+
+    The method is ``settings.solver``'s (``"lsqr"``: ``direct``, LSQR on the physics, for a
+    first-order backward; MINRES on the symmetric system otherwise).
     """
+    method = _SYSTEM_SOLVERS.get(settings.solver, solve_minres)
 
     def solve(matvec, b):
-        op = normal_op if normal_op is not None and not torch.is_grad_enabled() else matvec
-        rhs = b
-        if singular:
-            op, rhs = (lambda u, base=op: base(base(u))), op(b)
-        x, info = solve_cg(
-            op,
-            rhs,
-            rtol=settings.tol,
-            maxiter=settings.max_iter,
-            batched=True,
-            return_info=True,
-            on_failure="ignore",
-        )
+        first_order = not torch.is_grad_enabled()
+        if direct is not None and first_order and not singular:
+            x, info = direct(b)
+        else:
+            op = normal_op if normal_op is not None and first_order else matvec
+            rhs = b
+            if singular:
+                op, rhs = (lambda u, base=op: base(base(u))), op(b)
+            x, info = method(
+                op,
+                rhs,
+                rtol=settings.tol,
+                maxiter=settings.max_iter,
+                batched=True,
+                return_info=True,
+                on_failure="ignore",
+            )
         report_failure(
             f"{_API} (backward)",
             info,
@@ -413,9 +513,9 @@ def _differentiable(physics: LinearOperator) -> bool:
     )
 
 
-def _prox_solver(settings: _Settings, diff_physics: bool, normal_op):
+def _prox_solver(settings: _Settings, diff_physics: bool, normal_op, direct=None):
     argnums = (1, 2, 3, 4) if diff_physics else (1, 2, 3)
-    solve = _backward_solve(settings, normal_op)
+    solve = _backward_solve(settings, normal_op, direct=direct)
     return _implicit(_prox_residual, argnums, solve, settings)(
         functools.partial(_prox_cg, settings=settings)
     )
