@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from unroll._host import host_values
+from unroll._host import host_any, host_values
 
 __all__ = [
     "ConvergenceWarning",
@@ -50,6 +50,7 @@ __all__ = [
     "report",
     "report_failure",
     "report_reasons",
+    "report_change",
     "ON_FAILURE_HINT",
     "suppressed_counts",
     "reset_suppressed",
@@ -220,7 +221,6 @@ _NON_FINITE_REMEDY = (
     "(e.g. a diverging computation upstream)"
 )
 ON_FAILURE_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
-_ON_FAILURE_HINT = ON_FAILURE_HINT  # TODO(integration): callers move to the public name
 
 
 def _severity(code: int) -> tuple:
@@ -239,6 +239,7 @@ def report_reasons(
     breakdown: str = "",
     unit: str = "systems",
     start: torch.Tensor | None = None,
+    measure: str = "residual",
 ) -> None:
     """Apply the failure policy to the most severe failure among the problems of a solve
     (non-finite > breakdown > diverged > max_iter), with its residual and the remedy: the one
@@ -255,6 +256,7 @@ def report_reasons(
         breakdown: what broke down (``"pᵀAp ≤ 0: the operator is not SPD"``).
         unit: what the problems of a batch are called in the message.
         start: the first residual per problem, quoted when it diverged.
+        measure: what ``residual`` is, in the message (``"relative change"``).
     """
     if on_failure == "ignore":
         return
@@ -276,8 +278,35 @@ def report_reasons(
         grew = f", from {r0:.3e}" if math.isfinite(r0) else ""
         detail = f"diverged{where} (residual {r:.3e}{grew}); the last good iterate is returned"
     else:
-        detail = f"stopped {limit}{where} with residual {r:.3e} above {tolerance}"
+        detail = f"stopped {limit}{where} with {measure} {r:.3e} above {tolerance}"
     report(name, REASONS[worst], detail, remedy + "." + ON_FAILURE_HINT, on_failure)
+
+
+def report_change(
+    name: str, change: torch.Tensor, tol: float, on_failure: str, *, limit: str, remedy: str
+) -> bool:
+    """:func:`report_reasons` for an inner solve that stops on a relative change ``≤ tol``
+    (TV prox, a prior's or data fidelity's inner gradient descent): whether every problem
+    met it."""
+    with torch.no_grad():
+        finite = torch.isfinite(change)
+        reason = torch.where(
+            finite, (change > tol).long() * MAX_ITER, torch.full_like(change, NON_FINITE).long()
+        )
+    if not host_any(reason != CONVERGED):
+        return True
+    report_reasons(
+        name,
+        reason,
+        change,
+        on_failure,
+        limit=limit,
+        tolerance=f"tol={tol:g}",
+        remedy=remedy,
+        unit="samples",
+        measure="relative change",
+    )
+    return False
 
 
 def report_failure(

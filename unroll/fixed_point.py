@@ -46,12 +46,11 @@ from unroll._failure import (
     DIVERGED,
     MAX_ITER,
     NON_FINITE,
-    REASONS,
     check_on_failure,
-    report,
+    report_reasons,
 )
 from unroll._host import host_any as _host_any
-from unroll._host import host_any_nonfinite, host_max, host_values, unwrap
+from unroll._host import host_any_nonfinite, host_max, unwrap
 from unroll._typing import PyTree
 
 __all__ = [
@@ -765,7 +764,6 @@ _FP_REMEDY = (
     "The map may not be contractive (spectral radius of its Jacobian ≥ 1): raise the "
     "iteration cap, use Anderson acceleration, or regularise the model"
 )
-_HINT = " Pass on_failure='raise' to make this an error, or 'ignore' to silence it."
 
 
 def report_fixed_point(
@@ -776,27 +774,22 @@ def report_fixed_point(
     on_failure: str,
     remedy: str = _FP_REMEDY,
 ) -> None:
-    """Apply the failure policy (:mod:`unroll._failure`) to a fixed-point solve: the most
-    severe cause (non-finite > diverged > max_iter) with its residual and the remedy."""
+    """:func:`unroll._failure.report_reasons` for a fixed-point solve's
+    :class:`FixedPointInfo` (a divergence is quoted with the first residual)."""
     if on_failure == "ignore" or not _host_any(info.reason != CONVERGED):
         return
-    codes = [int(c) for c in host_values(info.reason)]
-    res, first = host_values(info.residual), host_values(info.trace[0])
-    failed = [c for c in codes if c != CONVERGED]
-    worst = max(failed, key=lambda c: (c == NON_FINITE, c == DIVERGED, c))
-    where = f" in {len(failed)} of {len(codes)} problems" if len(codes) > 1 else ""
-    pick = [(r, f) for r, f, c in zip(res, first, codes) if c == worst]
-    r, r0 = max(pick, key=lambda t: t[0] if math.isfinite(t[0]) else math.inf)
-    if worst == NON_FINITE:
-        detail = f"met NaN or Inf{where}; the last finite iterate is returned"
-    elif worst == DIVERGED:
-        detail = (
-            f"diverged{where} (residual {r:.3e}, from {r0:.3e}); the last good iterate is returned"
-        )
-    else:
-        tol_v = host_max(tol) if isinstance(tol, torch.Tensor) else tol
-        detail = f"stopped at max_iter={maxiter}{where} with residual {r:.3e} above tol={tol_v:.3e}"
-    report(name, REASONS[worst], detail, remedy + "." + _HINT, on_failure)
+    tol_v = host_max(tol) if isinstance(tol, torch.Tensor) else tol
+    report_reasons(
+        name,
+        info.reason,
+        info.residual,
+        on_failure,
+        limit=f"at max_iter={maxiter}",
+        tolerance=f"tol={tol_v:.3e}",
+        remedy=remedy,
+        unit="problems",
+        start=info.trace[0],
+    )
 
 
 # =========================================================================== step by step

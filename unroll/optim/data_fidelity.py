@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from unroll._failure import _ON_FAILURE_HINT, check_on_failure, report
-from unroll._host import host_values, try_bool
+from unroll._failure import check_on_failure, report_change
+from unroll._host import try_bool
 from unroll.physics._utils import check_level
 
 Tensor = torch.Tensor
@@ -266,26 +266,16 @@ def gradient_descent_prox(
         if tol > 0 and try_bool((change <= tol).all()):
             return z
     if tol > 0:
-        values = host_values(change)
-        if not all(v <= tol for v in values):
-            finite = [v for v in values if math.isfinite(v)]
-            if len(finite) < len(values):
-                reason, detail = "non_finite", f"met NaN or Inf after {max_iter} iteration(s)"
-            else:
-                reason = "max_iter"
-                detail = (
-                    f"stopped at max_iter_inter={max_iter} with relative change "
-                    f"{max(finite):.3e} above tol_inter={tol:g}"
-                )
-            report(
-                name,
-                reason,
-                detail,
-                "Raise max_iter_inter, loosen tol_inter, or lower stepsize_inter (the inner "
-                "gradient descent diverges when stepsize_inter·(1 + γ·L) > 2, L the Lipschitz "
-                "constant of the gradient)." + _ON_FAILURE_HINT,
-                on_failure,
-            )
+        report_change(
+            name,
+            change,
+            tol,
+            on_failure,
+            limit=f"at max_iter_inter={max_iter}",
+            remedy="Raise max_iter_inter, loosen tol_inter, or lower stepsize_inter (the inner "
+            "gradient descent diverges when stepsize_inter·(1 + γ·L) > 2, L the Lipschitz "
+            "constant of the gradient)",
+        )
     return z
 
 

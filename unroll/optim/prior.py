@@ -23,8 +23,8 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import nn
 
-from unroll._failure import _ON_FAILURE_HINT, check_on_failure, report
-from unroll._host import host_values, try_bool
+from unroll._failure import check_on_failure, report_change
+from unroll._host import try_bool
 from unroll.optim.data_fidelity import (
     autograd_grad,
     check_inner_options,
@@ -510,28 +510,15 @@ def _relative_change(x: Tensor, gamma: float | Tensor, p_new: Tensor, p: Tensor)
 
 def _report_tv(change: Tensor, k: int, tol: float, on_failure: str) -> bool:
     """Report an unconverged TV prox; whether it did converge after all (under vmap)."""
-    values = host_values(change)
-    if all(v <= tol for v in values):
-        return True
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < len(values):
-        report(
-            "TVPrior.prox",
-            "non_finite",
-            f"met NaN or Inf after {k} dual iteration(s)",
-            "Check the input images and gamma for NaN/Inf." + _ON_FAILURE_HINT,
-            on_failure,
-        )
-        return False
-    report(
+    return report_change(
         "TVPrior.prox",
-        "max_iter",
-        f"stopped at n_it_max={k} with relative change {max(finite):.3e} above tol={tol:g}",
-        "Raise n_it_max (e.g. TVPrior(n_it_max=...)), loosen tol, or warm-start from the "
-        "previous dual (tv_prox(..., init=previous.dual))." + _ON_FAILURE_HINT,
+        change,
+        tol,
         on_failure,
+        limit=f"at n_it_max={k}",
+        remedy="Raise n_it_max (e.g. TVPrior(n_it_max=...)), loosen tol, or warm-start from "
+        "the previous dual (tv_prox(..., init=previous.dual))",
     )
-    return False
 
 
 class TVPrior(Prior):
