@@ -9,7 +9,7 @@ import torch
 from helpers import PHYSICS
 
 from unroll.physics import least_squares
-from unroll.physics.prox import SOLVERS
+from unroll.physics._utils import SOLVERS
 
 DT = torch.float64
 TIGHT = {"tol": 1e-13, "max_iter": 1000}

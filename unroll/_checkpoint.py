@@ -31,6 +31,8 @@ from typing import IO, Any, NamedTuple
 
 import torch
 
+from unroll._typing import PyTree
+
 FORMAT = "unroll-checkpoint/1"
 _FORMAT_PREFIX = "unroll-checkpoint/"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -48,7 +50,7 @@ class Checkpoint(NamedTuple):
         extra: further saved state (optimiser, step, RNG); ``{}`` when none was saved.
     """
 
-    state_dict: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]
     unroll_version: str
     sha256: str
@@ -92,7 +94,7 @@ def plain_config(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
-def state_checksum(tree: Any) -> str:
+def state_checksum(tree: PyTree) -> str:
     """SHA-256 of a canonical serialisation of a state (nested dicts / lists of tensors).
 
     Each tensor contributes its dtype, shape and raw bytes (on the CPU, contiguous); mappings
@@ -110,7 +112,7 @@ def state_checksum(tree: Any) -> str:
     return digest.hexdigest()
 
 
-def _feed(digest: Any, obj: Any) -> None:
+def _feed(digest: Any, obj: PyTree) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.layout != torch.strided:
@@ -224,7 +226,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def save_checkpoint(
     path: str | Path,
-    state_dict: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
     config: Any = None,
     *,
     extra: Mapping[str, Any] | None = None,
@@ -255,7 +257,9 @@ def save_checkpoint(
 
 
 # --------------------------------------------------------------------------- verified loads
-def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, map_location: str | torch.device | None = "cpu"
+) -> Checkpoint:
     """Load and verify a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -272,7 +276,9 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> Checkpoin
     return read_checkpoint(path, "unroll load_checkpoint", map_location)
 
 
-def read_checkpoint(path: str | Path, api: str, map_location: Any = "cpu") -> Checkpoint:
+def read_checkpoint(
+    path: str | Path, api: str, map_location: str | torch.device | None = "cpu"
+) -> Checkpoint:
     """:func:`load_checkpoint` whose errors start with ``api`` (e.g. ``"unroll load_model"``)."""
     path = Path(path)
     where = f"{api}: cannot read checkpoint {path}"
@@ -310,7 +316,7 @@ def read_checkpoint(path: str | Path, api: str, map_location: Any = "cpu") -> Ch
     )
 
 
-def _torch_load(path: Path, where: str, size: int, map_location: Any) -> Any:
+def _torch_load(path: Path, where: str, size: int, map_location: str | torch.device | None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (MemoryError, torch.cuda.OutOfMemoryError):

@@ -9,7 +9,7 @@ the layers one-way (the physics base class imports the least-squares solver, not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -20,8 +20,10 @@ __all__ = [
     "LinearSolver",
     "LinearOperator",
     "Denoiser",
+    "PhysicsLike",
     "PriorLike",
     "DataFidelityLike",
+    "DistanceFidelityLike",
 ]
 
 PyTree = Any
@@ -55,23 +57,63 @@ class LinearOperator(Protocol):
     def normal_operator(self, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]: ...
 
 
+class PhysicsLike(Protocol):
+    """What the algorithms and data fidelities use of a physics object: ``A``, ``Aᵀ`` and the
+    least-squares prox ``prox_l2(z, y, gamma)`` (every :class:`unroll.physics.LinearPhysics`
+    has them)."""
+
+    def A(self, x: torch.Tensor, /) -> torch.Tensor: ...
+
+    def A_adjoint(self, y: torch.Tensor, /) -> torch.Tensor: ...
+
+    def prox_l2(
+        self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, /
+    ) -> torch.Tensor: ...
+
+
 class Denoiser(Protocol):
     """``denoiser(x, sigma) -> x̂`` (a network such as :class:`unroll.models.DnCNN`)."""
 
-    def __call__(self, x: torch.Tensor, sigma: Any = ..., /) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor = ..., /) -> torch.Tensor: ...
 
 
 class PriorLike(Protocol):
     """A prior as the algorithms use it: ``prox(x, gamma)`` (and, for gradient steps,
-    ``grad(x)``)."""
+    ``grad(x)``), both taking the keywords ``sigma`` and ``weights``."""
 
-    def prox(self, x: torch.Tensor, gamma: Any, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+    def prox(
+        self,
+        x: torch.Tensor,
+        gamma: float | torch.Tensor,
+        /,
+        sigma: float | torch.Tensor | None = None,
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor: ...
+
+    def grad(
+        self,
+        x: torch.Tensor,
+        /,
+        sigma: float | torch.Tensor | None = None,
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor: ...
 
 
 class DataFidelityLike(Protocol):
     """A data fidelity as the algorithms use it: ``prox(x, y, physics, gamma)`` and
     ``grad(x, y, physics)``."""
 
-    def prox(self, x: torch.Tensor, y: torch.Tensor, physics: Any, gamma: Any) -> torch.Tensor: ...
+    def prox(
+        self, x: torch.Tensor, y: torch.Tensor, physics: PhysicsLike, gamma: float | torch.Tensor, /
+    ) -> torch.Tensor: ...
 
-    def grad(self, x: torch.Tensor, y: torch.Tensor, physics: Any) -> torch.Tensor: ...
+    def grad(self, x: torch.Tensor, y: torch.Tensor, physics: PhysicsLike, /) -> torch.Tensor: ...
+
+
+class DistanceFidelityLike(DataFidelityLike, Protocol):
+    """A data fidelity ``f(x) = d(Ax, y)`` that also gives the prox of its distance,
+    ``d_prox(u, y, gamma)`` (used by the measurement-space PDHG)."""
+
+    def d_prox(
+        self, u: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, /
+    ) -> torch.Tensor: ...

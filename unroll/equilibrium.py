@@ -317,7 +317,7 @@ _accept_aliases(DEQConfig)
 def deq(
     f: Callable[..., PyTree],
     z0: PyTree,
-    *args: Any,
+    *args: PyTree,
     config: DEQConfig | None = None,
     return_info: bool = False,
 ) -> PyTree:
@@ -368,7 +368,7 @@ def deq(
     forward = cfg.forward_solver()
     infos: list[FixedPointInfo] = []
 
-    def solver(z_init: PyTree, *a: Any) -> PyTree:
+    def solver(z_init: PyTree, *a: PyTree) -> PyTree:
         z, info = forward(f, tree.detach(z_init), *a)
         infos.append(info)
         return z
@@ -471,13 +471,13 @@ class DEQ(nn.Module):
         )
         self.config = DEQConfig() if config is None else config
 
-    def forward(self, z0: PyTree, *inputs: Any, return_info: bool = False) -> PyTree:
+    def forward(self, z0: PyTree, *inputs: PyTree, return_info: bool = False) -> PyTree:
         """Fixed point of ``f`` from ``z0`` for the given inputs (see :func:`deq`)."""
         if isinstance(self.f, nn.Module):
             module = self.f
             buffers = dict(module.named_buffers())
 
-            def step(z: PyTree, params: dict[str, torch.Tensor], *a: Any) -> PyTree:
+            def step(z: PyTree, params: dict[str, torch.Tensor], *a: PyTree) -> PyTree:
                 return torch.func.functional_call(module, (params, buffers), (z, *a))
 
             params = dict(module.named_parameters())

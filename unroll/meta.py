@@ -33,10 +33,11 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from optree import PyTreeSpec
 from torch import nn
 
 from unroll import optimizers, tree
@@ -99,7 +100,9 @@ def _clone_detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(t.requires_grad)
 
 
-def _replicator(api: str, by: Any, device: Any) -> Any:
+def _replicator(
+    api: str, by: str, device: torch.device | str | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     if not isinstance(by, str) or by not in _BY:
         raise ValueError(
             f"{api}: `by` must be 'reference', 'copy' or 'deepcopy' (TorchOpt's aliases 'ref', "
@@ -154,14 +157,14 @@ class _PreState(NamedTuple):
     """State of the gradient pre-processing around a functional optimizer."""
 
     count: torch.Tensor  # steps taken (0-dim int64)
-    inner: Any  # the functional optimizer's state
+    inner: PyTree  # the functional optimizer's state
 
 
 def _preprocessed(
     opt: GradientTransformation,
-    weight_decay: Any = 0.0,
+    weight_decay: float | torch.Tensor = 0.0,
     maximize: bool = False,
-    dampening: Any = 0.0,
+    dampening: float | torch.Tensor = 0.0,
 ) -> GradientTransformation:
     """``opt`` applied to ``±g + weight_decay * θ`` (torch.optim's order), with momentum
     dampening ``(1 - dampening)`` on every step but the first (torch.optim.SGD's rule)."""
@@ -188,7 +191,7 @@ def _preprocessed(
     return GradientTransformation(init, update)
 
 
-def _revert_unused(new: Any, old: Any, used: list[bool], spec: Any) -> Any:
+def _revert_unused(new: PyTree, old: PyTree, used: list[bool], spec: PyTreeSpec) -> PyTree:
     """Keep ``old``'s leaves where ``used`` is False in every sub-tree shaped like the params."""
     if new is None:
         return None
@@ -241,7 +244,7 @@ class MetaOptimizer:
             )
         self.impl = impl
         self.param_containers_groups: list[list[dict]] = []
-        self.state_groups: list[Any] = []
+        self.state_groups: list[PyTree] = []
         self.add_param_group(module)
 
     # -- slots: every distinct tensor of a group and the (container, key) places holding it
@@ -275,7 +278,7 @@ class MetaOptimizer:
         self.param_containers_groups.append(containers)
         self.state_groups.append(self._init_state(params))
 
-    def _init_state(self, params: tuple[torch.Tensor, ...]) -> Any:
+    def _init_state(self, params: tuple[torch.Tensor, ...]) -> PyTree:
         return self.impl.init(params)
 
     def step(self, loss: torch.Tensor) -> None:
@@ -310,11 +313,11 @@ class MetaOptimizer:
                 for container, key in places:
                     container[key] = new
 
-    def state_dict(self) -> tuple[Any, ...]:
+    def state_dict(self) -> tuple[PyTree, ...]:
         """The optimizer state of every group, by reference (a tuple of NamedTuples)."""
         return tuple(self.state_groups)
 
-    def load_state_dict(self, state_dict: Sequence[Any]) -> None:
+    def load_state_dict(self, state_dict: Sequence[PyTree]) -> None:
         """Use ``state_dict`` (as returned by :meth:`state_dict`) as the optimizer state."""
         api = f"unroll.{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, (tuple, list)) or len(state_dict) != len(self.state_groups):
@@ -331,7 +334,7 @@ class MetaOptimizer:
         self.state_groups[:] = list(state_dict)
 
 
-def _moments_require_grad(state: Any) -> Any:
+def _moments_require_grad(state: PyTree) -> PyTree:
     def mark(t: Any) -> Any:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
             return t.requires_grad_(True)
@@ -411,7 +414,7 @@ class MetaSGD(MetaOptimizer):
         self.moment_requires_grad = moment_requires_grad
         super().__init__(module, _preprocessed(base, weight_decay, maximize, dampening))
 
-    def _init_state(self, params: tuple[torch.Tensor, ...]) -> Any:
+    def _init_state(self, params: tuple[torch.Tensor, ...]) -> PyTree:
         state = self.impl.init(params)
         return _moments_require_grad(state) if self.moment_requires_grad else state
 
@@ -492,7 +495,7 @@ class MetaAdam(MetaOptimizer):
         self.moment_requires_grad = moment_requires_grad
         super().__init__(module, _preprocessed(base, weight_decay, maximize))
 
-    def _init_state(self, params: tuple[torch.Tensor, ...]) -> Any:
+    def _init_state(self, params: tuple[torch.Tensor, ...]) -> PyTree:
         state = self.impl.init(params)
         return _moments_require_grad(state) if self.moment_requires_grad else state
 
@@ -573,7 +576,13 @@ class MetaRMSProp(MetaOptimizer):
         super().__init__(module, _preprocessed(base, weight_decay, maximize))
 
 
-def _foreach_adam(lr: Any, b1: Any, b2: Any, eps: Any, eps_root: Any) -> GradientTransformation:
+def _foreach_adam(
+    lr: float | torch.Tensor,
+    b1: float | torch.Tensor,
+    b2: float | torch.Tensor,
+    eps: float | torch.Tensor,
+    eps_root: float | torch.Tensor,
+) -> GradientTransformation:
     r""":func:`unroll.optimizers.adam` with its update done by ``torch._foreach_*`` operations.
 
     The same values (up to rounding) and the same :class:`~unroll.optimizers.AdamState`, but
@@ -600,7 +609,7 @@ def _foreach_adam(lr: Any, b1: Any, b2: Any, eps: Any, eps_root: Any) -> Gradien
         return base
     ops: Any = torch  # the private foreach namespace, untyped
 
-    def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    def update(grads: PyTree, state: PyTree, params: PyTree) -> tuple[PyTree, PyTree]:
         if not (
             isinstance(params, tuple)
             and isinstance(state, optimizers.AdamState)
@@ -654,7 +663,7 @@ def extract_state_dict(
     device: torch.device | str | None = None,
     with_buffers: bool = True,
     detach_buffers: bool = False,
-) -> ModuleState | tuple[Any, ...]:
+) -> ModuleState | tuple[PyTree, ...]:
     """Save the state of a module or a meta-optimizer (TorchOpt's ``extract_state_dict``).
 
     What the saved tensors are depends on ``by``:
@@ -702,7 +711,7 @@ def extract_state_dict(
     params_c, buffers_c = _containers(target, with_buffers)
     buf_fn = _replicator(api, "deepcopy", device) if detach_buffers else replicate
 
-    def save(container: dict, fn: Any) -> dict:
+    def save(container: dict, fn: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         return {k: fn(v) for k, v in container.items() if isinstance(v, torch.Tensor)}
 
     return ModuleState(
@@ -712,7 +721,9 @@ def extract_state_dict(
     )
 
 
-def recover_state_dict(target: nn.Module | MetaOptimizer, state: Any) -> None:
+def recover_state_dict(
+    target: nn.Module | MetaOptimizer, state: ModuleState | Sequence[PyTree]
+) -> None:
     """Restore a state saved by :func:`extract_state_dict` (TorchOpt's ``recover_state_dict``).
 
     For a module, each parameter / buffer entry is set to the saved tensor (the tensors are
@@ -773,7 +784,7 @@ def recover_state_dict(target: nn.Module | MetaOptimizer, state: Any) -> None:
         tgt.update(src)
 
 
-def stop_gradient(target: Any) -> None:
+def stop_gradient(target: nn.Module | MetaOptimizer | ModuleState | PyTree) -> None:
     """Detach tensors from their autograd history **in place** (TorchOpt's ``stop_gradient``).
 
     Each tensor keeps its value and its ``requires_grad`` flag but loses its ``grad_fn``: a

@@ -54,6 +54,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from unroll import tree
@@ -83,8 +84,8 @@ class GradientTransformation(NamedTuple):
             pytree structure of ``params``. Pure: the inputs are not modified.
     """
 
-    init: Callable[[PyTree], Any]
-    update: Callable[[PyTree, Any, PyTree], tuple[PyTree, Any]]
+    init: Callable[[PyTree], PyTree]
+    update: Callable[[PyTree, PyTree, PyTree], tuple[PyTree, PyTree]]
 
 
 class EmptyState(NamedTuple):
@@ -182,7 +183,7 @@ def _check_lr(api: str, lr: Any) -> None:
         _check_positive(api, "lr", leaf)
 
 
-def _flat_like(api: str, name: str, value: PyTree, spec: Any) -> list[Any]:
+def _flat_like(api: str, name: str, value: PyTree, spec: optree.PyTreeSpec) -> list[Any]:
     """Leaves of ``value``, which must have the pytree structure ``spec``."""
     leaves, value_spec = tree.flatten(value)
     if value_spec != spec:
@@ -193,14 +194,14 @@ def _flat_like(api: str, name: str, value: PyTree, spec: Any) -> list[Any]:
     return leaves
 
 
-def _lr_leaves(api: str, lr: Any, spec: Any, n: int) -> list[Any]:
+def _lr_leaves(api: str, lr: Scalar | PyTree, spec: optree.PyTreeSpec, n: int) -> list[Scalar]:
     """One step size per leaf: broadcast a scalar, or match a pytree of step sizes."""
     if isinstance(lr, (int, float, torch.Tensor)):
         return [lr] * n
     return _flat_like(api, "lr", lr, spec)
 
 
-def _flatten_params(api: str, params: PyTree) -> tuple[list[torch.Tensor], Any]:
+def _flatten_params(api: str, params: PyTree) -> tuple[list[torch.Tensor], optree.PyTreeSpec]:
     leaves, spec = tree.flatten(params)
     if not leaves:
         raise ValueError(f"{api}: `params` has no tensor leaves; pass a pytree of tensors.")
@@ -212,7 +213,7 @@ def _flatten_params(api: str, params: PyTree) -> tuple[list[torch.Tensor], Any]:
     return leaves, spec
 
 
-def _check_state(api: str, state: Any, cls: type) -> None:
+def _check_state(api: str, state: PyTree, cls: type) -> None:
     if not isinstance(state, cls):
         raise TypeError(
             f"{api}: `state` must be the {cls.__name__} returned by `init` (or a previous "

@@ -76,7 +76,7 @@ def leaves(tree: PyTree) -> list[torch.Tensor]:
     return optree.tree_leaves(tree, namespace=NAMESPACE)
 
 
-def flatten(tree: PyTree) -> tuple[list[Any], Any]:
+def flatten(tree: PyTree) -> tuple[list[Any], optree.PyTreeSpec]:
     """``(leaves, treespec)``; rebuild with :func:`unflatten`."""
     return optree.tree_flatten(tree, namespace=NAMESPACE)
 
@@ -86,7 +86,7 @@ def unflatten(treespec: Any, leaves_: list[Any]) -> PyTree:
     return optree.tree_unflatten(treespec, leaves_)
 
 
-def structure(tree: PyTree) -> Any:
+def structure(tree: PyTree) -> optree.PyTreeSpec:
     """The treespec of ``tree``."""
     return optree.tree_structure(tree, namespace=NAMESPACE)
 

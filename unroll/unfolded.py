@@ -52,6 +52,7 @@ from torch import nn
 from unroll import algorithms as _alg
 from unroll import equilibrium, tree
 from unroll._host import try_bool
+from unroll._typing import DataFidelityLike, PhysicsLike, PriorLike, PyTree
 from unroll.algorithms.base import (
     ALIASES,
     PRIOR_KEY,
@@ -207,7 +208,12 @@ def unfold(
         check_dtypes(api, params, y)
         return params
 
-    def apply_unrolled(params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
+    def apply_unrolled(
+        params: dict,
+        y: Tensor,
+        physics: PhysicsLike,
+        init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
+    ) -> Tensor:
         params = prepare(params, y)
         state = initial_state(layers[0], y, physics, params_at(params, 0, names), init)
         mixer = AndersonMixer(acceleration) if acceleration is not None else None
@@ -218,7 +224,12 @@ def unfold(
 
     fixed = layers[-1].equilibrium or layers[-1]  # FISTA: PGD's map (same fixed points)
 
-    def apply_deq(params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
+    def apply_deq(
+        params: dict,
+        y: Tensor,
+        physics: PhysicsLike,
+        init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
+    ) -> Tensor:
         params = params_at(prepare(params, y), max_iter - 1)  # untied: the last layer's
         state0 = initial_state(fixed, y, physics, params, init)
         state = equilibrium.deq(_deq_map(fixed), state0, y, physics, params, config=deq)
@@ -228,7 +239,7 @@ def unfold(
 
 
 def _network(
-    algorithm: Any,
+    algorithm: Algorithm | Sequence[Algorithm],
     max_iter: int,
     config: DEQConfig | None,
     per_iteration: tuple,
@@ -422,7 +433,7 @@ def _as_list(api: str, what: str, value: Any, max_iter: int) -> list | None:
     return list(value)
 
 
-def _hold(items: list) -> Any:
+def _hold(items: list) -> nn.ModuleList | tuple:
     """An ``nn.ModuleList`` when every item is a module (their weights are registered), else
     a tuple."""
     if all(isinstance(m, nn.Module) for m in items):
@@ -500,17 +511,17 @@ class Unfolded(nn.Module):
         self,
         iteration: str | Callable[..., Algorithm],
         *,
-        data_fidelity: Any = None,
-        prior: Any = None,
+        data_fidelity: DataFidelityLike | Sequence[DataFidelityLike] | None = None,
+        prior: PriorLike | Sequence[PriorLike] | None = None,
         params_algo: dict | None = None,
         trainable_params: Sequence[str] | str | None = None,
         max_iter: int = 5,
-        DEQ: Any = None,  # noqa: N803
+        DEQ: DEQConfig | bool | None = None,  # noqa: N803
         unfold: bool = True,
         tol: float | None = None,
         g_first: bool = False,
-        anderson_acceleration: Any = None,
-        custom_init: Any = None,
+        anderson_acceleration: AndersonAccelerationConfig | bool | None = None,
+        custom_init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
     ):
         super().__init__()
         from unroll.optim.data_fidelity import L2
@@ -559,7 +570,9 @@ class Unfolded(nn.Module):
             known=known,
         )
         per_it = () if DEQ is not None else self.hyper.per_iteration_names
-        self._layers: Any = self.algorithms[-1] if len(self.algorithms) == 1 else self.algorithms
+        self._layers: Algorithm | tuple[Algorithm, ...] = (
+            self.algorithms[-1] if len(self.algorithms) == 1 else self.algorithms
+        )
         self._core = _network(self._layers, max_iter, DEQ, per_it, self.anderson_config)
         self.register_load_state_dict_pre_hook(_deepinv_keys_hook)
 
@@ -590,7 +603,7 @@ class Unfolded(nn.Module):
         (a list of per-layer weight dicts for untied priors)."""
         params = self.hyper.as_dict(dtype)
         if isinstance(self.prior, (nn.ModuleList, tuple)):
-            weights: Any = [_weights(p) for p in self.prior]
+            weights: list[dict] | dict | None = [_weights(p) for p in self.prior]
             if not any(weights):
                 weights = None
         else:
@@ -599,7 +612,13 @@ class Unfolded(nn.Module):
             params[PRIOR_KEY] = weights
         return params
 
-    def forward(self, y: Tensor, physics: Any, init: Any = None, **kwargs: Any) -> Tensor:
+    def forward(
+        self,
+        y: Tensor,
+        physics: PhysicsLike,
+        init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """``x̂`` from the measurements ``y`` (``init``: the start, see the class)."""
         if kwargs:
             raise TypeError(
@@ -637,7 +656,13 @@ class Unfolded(nn.Module):
             self.has_converged = try_bool(info.converged.all()) is True
         return x
 
-    def apply(self, params: dict, y: Tensor, physics: Any, init: Any = None) -> Tensor:
+    def apply(
+        self,
+        params: dict,
+        y: Tensor,
+        physics: PhysicsLike,
+        init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
+    ) -> Tensor:
         """Pure form: ``torch.func.functional_call(self, params, (y, physics))``."""
         return torch.func.functional_call(self, params, (y, physics), {"init": init})
 
@@ -857,13 +882,13 @@ def _resolve(iteration: str | Callable[..., Algorithm]) -> Callable[..., Algorit
 def unfolded_builder(
     iteration: str | Callable[..., Algorithm] = "PGD",
     params_algo: dict | None = None,
-    data_fidelity: Any = None,
-    prior: Any = None,
+    data_fidelity: DataFidelityLike | Sequence[DataFidelityLike] | None = None,
+    prior: PriorLike | Sequence[PriorLike] | None = None,
     max_iter: int = 5,
     trainable_params: Sequence[str] | str | None = None,
-    DEQ: Any = None,  # noqa: N803
+    DEQ: DEQConfig | bool | None = None,  # noqa: N803
     g_first: bool = False,
-    anderson_acceleration: Any = None,
+    anderson_acceleration: AndersonAccelerationConfig | bool | None = None,
 ) -> Unfolded:
     """Build a trainable unfolded network (or DEQ) from an algorithm name.
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from unroll._typing import DataFidelityLike, PhysicsLike, PriorLike
 from unroll.algorithms.base import PRIOR_KEY, get
 
 BASIC_PARAMS = ("stepsize", "lambda_reg", "sigma_denoiser", PRIOR_KEY)
@@ -16,7 +17,12 @@ PDHG_PARAMS = (*RELAXED_PARAMS, "stepsize_dual")
 """Chambolle–Pock: the relaxed keys and the dual step ``stepsize_dual``."""
 
 
-def check_components(name: str, data_fidelity: Any, prior: Any, needs: tuple[str, ...]) -> None:
+def check_components(
+    name: str,
+    data_fidelity: DataFidelityLike | None,
+    prior: PriorLike | None,
+    needs: tuple[str, ...],
+) -> None:
     """Raise a TypeError naming ``unroll.algorithms.<name>`` when a needed method is missing."""
     for obj, label, methods in (
         (data_fidelity, "data_fidelity", [m for m in needs if m.startswith("f.")]),
@@ -41,36 +47,38 @@ def check_g_first(name: str, g_first: Any) -> None:
         )
 
 
-def stepsize(p: dict) -> Any:
+def stepsize(p: dict) -> float | torch.Tensor:
     """``params['stepsize']`` (required)."""
     return get(p, "stepsize")
 
 
-def lambda_reg(p: dict) -> Any:
+def lambda_reg(p: dict) -> float | torch.Tensor:
     """``params['lambda_reg']``, default 1."""
     return get(p, "lambda_reg", 1.0)
 
 
-def beta(p: dict) -> Any:
+def beta(p: dict) -> float | torch.Tensor:
     """``params['beta']``, default 1 (no relaxation)."""
     return get(p, "beta", 1.0)
 
 
-def sigma(p: dict) -> Any:
+def sigma(p: dict) -> float | torch.Tensor | None:
     """``params['sigma_denoiser']`` (alias ``g_param``), None when absent."""
     return p.get("sigma_denoiser", p.get("g_param"))
 
 
-def prior_prox(prior: Any, x: torch.Tensor, gamma: Any, p: dict) -> torch.Tensor:
+def prior_prox(
+    prior: PriorLike, x: torch.Tensor, gamma: float | torch.Tensor, p: dict
+) -> torch.Tensor:
     """``prox_{γ g}(x)`` with the prior's noise level and weights from ``p``."""
     return prior.prox(x, gamma, sigma=sigma(p), weights=p.get(PRIOR_KEY))
 
 
-def prior_grad(prior: Any, x: torch.Tensor, p: dict) -> torch.Tensor:
+def prior_grad(prior: PriorLike, x: torch.Tensor, p: dict) -> torch.Tensor:
     """``∇g(x)`` with the prior's noise level and weights from ``p``."""
     return prior.grad(x, sigma=sigma(p), weights=p.get(PRIOR_KEY))
 
 
-def default_init(y: torch.Tensor, physics: Any) -> torch.Tensor:
+def default_init(y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
     """``x₀ = Aᵀ y`` (the adjoint back-projection)."""
     return physics.A_adjoint(y)

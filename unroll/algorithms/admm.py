@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -18,7 +19,7 @@ class ADMMState(NamedTuple):
     u: torch.Tensor
 
 
-def admm(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
+def admm(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
     """ADMM for ``min f(x) + λ g(z)`` s.t. ``x = z`` (scaled dual ``u``, relaxation ``β``).
 
     .. math::

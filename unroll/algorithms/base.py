@@ -39,13 +39,17 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from unroll import tree
 from unroll._host import host_any as _host_any
 from unroll._host import try_bool as _try_bool
+from unroll._typing import PhysicsLike, PyTree
+
+if TYPE_CHECKING:
+    from unroll.equilibrium import AndersonAccelerationConfig
 
 PRIOR_KEY = "prior"
 ALIASES = {"g_param": "sigma_denoiser", "lambda": "lambda_reg"}
@@ -90,12 +94,12 @@ class Algorithm(NamedTuple):
         tensor([[0.8750, 0.8750]])
     """
 
-    init: Callable[..., Any]
-    step: Callable[..., Any]
-    output: Callable[[Any], torch.Tensor]
+    init: Callable[[torch.Tensor, PhysicsLike, dict], PyTree]
+    step: Callable[[PyTree, torch.Tensor, PhysicsLike, dict], PyTree]
+    output: Callable[[PyTree], torch.Tensor]
     param_names: tuple[str, ...] | None = None
     equilibrium: Algorithm | None = None
-    warm_start: Callable[[torch.Tensor, Any], Any] | None = None
+    warm_start: Callable[[torch.Tensor, PyTree], PyTree] | None = None
 
 
 class RunInfo(NamedTuple):
@@ -361,13 +365,15 @@ def params_at(params: dict, k: int, per_iteration: Collection[str] = ()) -> dict
     return {key: _at(key, value, k, per_iteration) for key, value in params.items()}
 
 
-def _at(key: str, value: Any, k: int, per_iteration: Collection[str]) -> Any:
+def _at(key: str, value: PyTree, k: int, per_iteration: Collection[str]) -> PyTree:
     if key == PRIOR_KEY and isinstance(value, (list, tuple)):
         return value[k]  # untied layers: one weight dict per iteration
     return tree.map(lambda x: x[k], value) if key in per_iteration else value
 
 
-def as_layers(api: str, algorithm: Any, num_iter: int) -> tuple[Algorithm, ...]:
+def as_layers(
+    api: str, algorithm: Algorithm | Sequence[Algorithm], num_iter: int
+) -> tuple[Algorithm, ...]:
     """One :class:`Algorithm` per iteration: ``algorithm`` repeated (weights tied), or a list /
     tuple of ``num_iter`` algorithms (untied layers; one element: tied).
 
@@ -412,8 +418,12 @@ def check_prior_layers(api: str, params: dict, num_iter: int) -> None:
 
 
 def initial_state(
-    algorithm: Algorithm, y: torch.Tensor, physics: Any, params: dict, init: Any = None
-) -> Any:
+    algorithm: Algorithm,
+    y: torch.Tensor,
+    physics: PhysicsLike,
+    params: dict,
+    init: PyTree | Callable[[torch.Tensor, PhysicsLike], PyTree] = None,
+) -> PyTree:
     """The first state of ``algorithm``, from ``init`` as DeepInverse's ``forward(init=...)``.
 
     ``init`` may be None (``algorithm.init``: ``x₀ = Aᵀy``), a tensor ``x₀``, a tuple
@@ -498,13 +508,13 @@ class AndersonMixer:
             ``beta``, ``eps``, ``full_backprop``).
     """
 
-    def __init__(self, config: Any):
+    def __init__(self, config: AndersonAccelerationConfig):
         self.m, self.beta = config.history_size, config.beta
         self.eps, self.full = config.eps, config.full_backprop
         self.xs: torch.Tensor | None = None
         self.fs: torch.Tensor | None = None
 
-    def __call__(self, k: int, old: Any, new: Any) -> Any:
+    def __call__(self, k: int, old: PyTree, new: PyTree) -> PyTree:
         from unroll.fixed_point import _Flat, _mixing_weights
 
         old_leaves = tree.leaves(old)
@@ -582,17 +592,17 @@ def _check_run_args(algorithm: Any, max_iter: int, tol: float | None, check_ever
 def run(
     algorithm: Algorithm | Sequence[Algorithm],
     y: torch.Tensor,
-    physics: Any,
+    physics: PhysicsLike,
     params: dict,
     max_iter: int,
     *,
     tol: float | None = None,
     check_every: int = 10,
     trace: bool = False,
-    cost: Callable[[torch.Tensor, torch.Tensor, Any, dict], torch.Tensor] | None = None,
-    init: Any = None,
+    cost: Callable[[torch.Tensor, torch.Tensor, PhysicsLike, dict], torch.Tensor] | None = None,
+    init: PyTree = None,
     per_iteration: str | Collection[str] = (),
-    acceleration: Any = None,
+    acceleration: AndersonAccelerationConfig | None = None,
 ) -> tuple[torch.Tensor, RunInfo]:
     """Run ``algorithm`` for ``max_iter`` iterations, with optional early stopping and traces.
 
@@ -695,7 +705,7 @@ def run(
     return x, info
 
 
-def _relative_change(new: Any, old: Any) -> torch.Tensor:
+def _relative_change(new: PyTree, old: PyTree) -> torch.Tensor:
     """Per-sample ``‖s_new − s_old‖ / ‖s_old‖`` over the state's array leaves (``dim >= 2``;
     per-sample scalars such as FISTA's momentum ``t`` are not iterates and are left out)."""
     new = [t for t in tree.leaves(new) if t.dim() >= 2]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -17,7 +18,7 @@ class DRSState(NamedTuple):
     z: torch.Tensor
 
 
-def drs(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
+def drs(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
     """Douglas–Rachford splitting with relaxation ``β``.
 
     .. math::

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 from unroll.algorithms.pgd import pgd, pgd_update
@@ -19,7 +20,7 @@ class FISTAState(NamedTuple):
     t: torch.Tensor
 
 
-def fista(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
+def fista(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
     """FISTA (Beck & Teboulle 2009).
 
     .. math::

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -16,7 +17,7 @@ class GDState(NamedTuple):
     x: torch.Tensor
 
 
-def gd(data_fidelity: Any, prior: Any) -> Algorithm:
+def gd(data_fidelity: DataFidelityLike, prior: PriorLike) -> Algorithm:
     """Gradient descent: ``x_{k+1} = x_k − γ_k (∇f(x_k) + λ_k ∇g(x_k))``.
 
     Needs ``data_fidelity.grad`` and ``prior.grad`` (e.g. :class:`unroll.optim.RED`,

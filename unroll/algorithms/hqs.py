@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -16,7 +17,7 @@ class HQSState(NamedTuple):
     x: torch.Tensor
 
 
-def hqs(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
+def hqs(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
     """Half-quadratic splitting: ``x_{k+1} = prox_{γλg}(prox_{γf}(x_k))``.
 
     The data step is the physics' least-squares prox (:meth:`L2.prox` → ``physics.prox_l2``,

@@ -23,10 +23,12 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -77,7 +79,7 @@ class Bregman:
         per sample ``(B,)``."""
         return self.fn(x) - self.fn(y) - _sum(self.grad(y) * (x - y))
 
-    def md_step(self, x: Tensor, grad: Tensor, gamma: Any = 1.0) -> Tensor:
+    def md_step(self, x: Tensor, grad: Tensor, gamma: float | Tensor = 1.0) -> Tensor:
         r"""One mirror step :math:`\nabla\phi^*(\nabla\phi(x) - \gamma\,\mathrm{grad})`
         (DeepInverse's ``MD_step``)."""
         return self.grad_conj(self.grad(x) - gamma * grad)
@@ -110,7 +112,7 @@ class BregmanL2(Bregman):
     def div(self, x: Tensor, y: Tensor) -> Tensor:
         return 0.5 * _sum((x - y).square())
 
-    def md_step(self, x: Tensor, grad: Tensor, gamma: Any = 1.0) -> Tensor:
+    def md_step(self, x: Tensor, grad: Tensor, gamma: float | Tensor = 1.0) -> Tensor:
         return x - gamma * grad
 
 
@@ -216,7 +218,7 @@ class PMDState(NamedTuple):
     x: Tensor
 
 
-def _potential(name: str, bregman_potential: Any) -> Bregman:
+def _potential(name: str, bregman_potential: Bregman | None) -> Bregman:
     if bregman_potential is None:
         return BregmanL2()
     for method in ("grad", "grad_conj"):
@@ -229,7 +231,9 @@ def _potential(name: str, bregman_potential: Any) -> Bregman:
     return bregman_potential
 
 
-def md(data_fidelity: Any, prior: Any, bregman_potential: Bregman | None = None) -> Algorithm:
+def md(
+    data_fidelity: DataFidelityLike, prior: PriorLike, bregman_potential: Bregman | None = None
+) -> Algorithm:
     r"""Mirror descent on :math:`f(x) + \lambda g(x)`:
 
     .. math::
@@ -284,7 +288,7 @@ def md(data_fidelity: Any, prior: Any, bregman_potential: Bregman | None = None)
     return Algorithm(init, step, lambda s: s.x, c.BASIC_PARAMS)
 
 
-def _bregman_prox(prior: Any, phi: Any) -> Any:
+def _bregman_prox(prior: Any, phi: Bregman) -> Callable[[Tensor, float | Tensor, dict], Tensor]:
     """``(u, gamma, p) -> prox^φ_{γg}(u)``: the prior's prox for :class:`BregmanL2`, its
     ``bregman_prox`` otherwise, the identity for :class:`unroll.optim.ZeroPrior`."""
     from unroll.optim.prior import ZeroPrior
@@ -306,7 +310,9 @@ def _bregman_prox(prior: Any, phi: Any) -> Any:
     )
 
 
-def pmd(data_fidelity: Any, prior: Any, bregman_potential: Bregman | None = None) -> Algorithm:
+def pmd(
+    data_fidelity: DataFidelityLike, prior: PriorLike, bregman_potential: Bregman | None = None
+) -> Algorithm:
     r"""Proximal mirror descent (Bregman proximal gradient) on :math:`f(x) + \lambda g(x)`:
 
     .. math::

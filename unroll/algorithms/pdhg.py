@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from unroll._typing import DistanceFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm, get
 
@@ -17,7 +19,11 @@ class PDHGState(NamedTuple):
     u: torch.Tensor
 
 
-def _check_operator(K: Any, K_adjoint: Any, g_first: Any) -> None:  # noqa: N803
+def _check_operator(
+    K: Callable[[torch.Tensor], torch.Tensor] | None,  # noqa: N803
+    K_adjoint: Callable[[torch.Tensor], torch.Tensor] | None,  # noqa: N803
+    g_first: Any,
+) -> None:  # noqa: N803
     api = "unroll.algorithms.pdhg"
     if (K is None) != (K_adjoint is None):
         raise ValueError(
@@ -33,17 +39,21 @@ def _check_operator(K: Any, K_adjoint: Any, g_first: Any) -> None:  # noqa: N803
     c.check_g_first("pdhg", g_first)
 
 
-def _dual_prox(prox: Any, v: torch.Tensor, sig: Any) -> torch.Tensor:
+def _dual_prox(
+    prox: Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor],
+    v: torch.Tensor,
+    sig: float | torch.Tensor,
+) -> torch.Tensor:
     """Moreau: ``prox_{σ h*}(v) = v − σ prox_{h/σ}(v/σ)``, with ``prox(z, γ) = prox_{γh}(z)``."""
     return v - sig * prox(v / sig, 1 / sig)
 
 
 def pdhg(
-    data_fidelity: Any,
-    prior: Any,
+    data_fidelity: DistanceFidelityLike,
+    prior: PriorLike,
     *,
-    K: Any = None,  # noqa: N803
-    K_adjoint: Any = None,  # noqa: N803
+    K: Callable[[torch.Tensor], torch.Tensor] | None = None,  # noqa: N803
+    K_adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,  # noqa: N803
     g_first: bool = False,
 ) -> Algorithm:
     r"""Chambolle–Pock primal–dual hybrid gradient, in three splittings.
@@ -144,7 +154,7 @@ def pdhg(
     return Algorithm(init, step, lambda s: s.x, c.PDHG_PARAMS)
 
 
-def _pdhg_measurement(data_fidelity: Any, prior: Any) -> Algorithm:
+def _pdhg_measurement(data_fidelity: DistanceFidelityLike, prior: PriorLike) -> Algorithm:
     """:func:`pdhg` with ``K = A`` and the data term in measurement space."""
     c.check_components("pdhg", data_fidelity, prior, ("f.d_prox", "g.prox"))
 

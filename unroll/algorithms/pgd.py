@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from unroll._typing import DataFidelityLike, PriorLike
 from unroll.algorithms import _common as c
 from unroll.algorithms.base import Algorithm
 
@@ -16,7 +17,7 @@ class PGDState(NamedTuple):
     x: torch.Tensor
 
 
-def pgd(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
+def pgd(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
     """Proximal gradient: ``x_{k+1} = prox_{γλ g}(x_k − γ ∇f(x_k))``.
 
     With :class:`unroll.optim.PnP` the prox is the denoiser ``D(·, σ)``. Converges to
@@ -58,7 +59,7 @@ def pgd(data_fidelity: Any, prior: Any, *, g_first: bool = False) -> Algorithm:
     )
 
 
-def pgd_update(data_fidelity: Any, prior: Any, g_first: bool = False):
+def pgd_update(data_fidelity: DataFidelityLike, prior: PriorLike, g_first: bool = False):
     """One forward–backward step ``z ↦ prox_{γλg}(z − γ∇f(z))`` (``g_first``:
     ``z ↦ prox_{γf}(z − γλ∇g(z))``) as ``(z, y, physics, params_k) -> x``; shared by
     :func:`pgd` and :func:`unroll.algorithms.fista`."""

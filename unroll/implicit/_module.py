@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from unroll import tree
+from unroll._typing import LinearSolver, PyTree
 from unroll.implicit._rules import ClosedOverTensorError, custom_root
 
 __all__ = ["ImplicitModule"]
@@ -146,11 +147,13 @@ class ImplicitModule(nn.Module):
         (``ImplicitMetaGradientModule``).
     """
 
-    linear_solve: Callable[..., Any] | None = None
-    _meta_inputs: dict[int, Any]  # id -> tensor / module passed to the constructor
+    linear_solve: LinearSolver | None = None
+    _meta_inputs: dict[
+        int, torch.Tensor | nn.Module
+    ]  # id -> tensor / module passed to the constructor
     _meta_names: set[str]  # attribute paths known to hold meta-parameters
 
-    def __init_subclass__(cls, linear_solve: Callable[..., Any] | None = None, **kwargs: Any):
+    def __init_subclass__(cls, linear_solve: LinearSolver | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         for method in _METHODS:
             _check_method_kind(cls, method)
@@ -490,10 +493,10 @@ def _check_method_kind(cls: type, name: str) -> None:
         )
 
 
-def _meta_inputs(inputs: Any) -> dict[int, Any]:
+def _meta_inputs(inputs: PyTree) -> dict[int, torch.Tensor | nn.Module]:
     """TorchOpt's meta-inputs of a constructor call, by id: every tensor that requires grad,
     every module with its submodules and their parameters."""
-    found: dict[int, Any] = {}
+    found: dict[int, torch.Tensor | nn.Module] = {}
     for leaf in tree.leaves(inputs):
         if isinstance(leaf, nn.Module):
             for obj in (*leaf.modules(), *leaf.parameters()):
@@ -560,7 +563,7 @@ def _attach_implicit_grad(
     meta: Mapping[str, torch.Tensor],
     tensors: tuple,
     diff_inputs: bool,
-    linear_solve: Callable[..., Any] | None,
+    linear_solve: LinearSolver | None,
 ) -> dict[str, torch.Tensor]:
     """Pass the solution through ``custom_root`` so it carries the implicit VJP."""
     options: dict[str, Any] = {"argnums": (1, 2) if diff_inputs else 1}
@@ -601,12 +604,12 @@ def _as_inner_dict(out: Any, names: list[str]) -> dict[str, torch.Tensor]:
     )
 
 
-def _split_tensors(inputs: Any) -> tuple[list[torch.Tensor], Callable[[tuple], Any]]:
+def _split_tensors(inputs: PyTree) -> tuple[list[torch.Tensor], Callable[[tuple], PyTree]]:
     """Tensor leaves of ``inputs`` and a function putting new tensors back in their places."""
     leaves, spec = tree.flatten(inputs)
     slots = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
 
-    def rebuild(tensors: tuple) -> Any:
+    def rebuild(tensors: tuple) -> PyTree:
         new = list(leaves)
         for i, t in zip(slots, tensors):
             new[i] = t

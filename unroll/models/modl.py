@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from unroll._typing import PhysicsLike
 from unroll.models._utils import check_positive_int, from_channels, make_blocks, to_channels
 from unroll.models.dncnn import DnCNN
 
@@ -77,7 +76,7 @@ class MoDL(nn.Module):
         self.stepsize = nn.Parameter(torch.full((num_iter,), float(stepsize)))
         self.register_buffer("sigma_denoiser", torch.full((num_iter,), float(sigma_denoiser)))
 
-    def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         """Reconstruct from measurements ``y``."""
         x = physics.A_adjoint(y)
         for k, denoiser in enumerate(self.denoisers):

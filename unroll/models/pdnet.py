@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from unroll._typing import PhysicsLike
 from unroll.models._utils import (
     check_positive_int,
     conv3x3,
@@ -222,7 +221,7 @@ class PDNet(nn.Module):
         self.primal_blocks = make_blocks(api, primal_blocks, num_iter, shared_weights)
         self.dual_blocks = make_blocks(api, dual_blocks, num_iter, shared_weights)
 
-    def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         """Reconstruct from measurements ``y`` with forward operator ``physics``."""
         y_c, y_layout = to_channels(y)
         c, cy = self.in_channels, self.meas_channels

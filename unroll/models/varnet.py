@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from unroll import tree
+from unroll._typing import PhysicsLike
 from unroll.models._utils import check_positive_int, from_channels, make_blocks, to_channels
 from unroll.models.dncnn import DnCNN
 from unroll.physics.mri import ifft2c
@@ -84,7 +83,7 @@ class VarNet(nn.Module):
         self.sensitivity_model = sensitivity_model
         self.dc_weight = nn.Parameter(torch.ones(num_cascades))
 
-    def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         """Reconstruct the image from k-space measurements ``y``."""
         if self.sensitivity_model is not None:
             if not hasattr(physics, "coil_maps"):
@@ -101,14 +100,14 @@ class VarNet(nn.Module):
         x_c, layout = to_channels(x)
         return from_channels(self.denoisers[t](x_c), layout)
 
-    def _image_cascades(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def _image_cascades(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         x = physics.A_adjoint(y)
         for t in range(self.num_cascades):
             dc = physics.A_adjoint(physics.A(x) - y)
             x = self._denoise(t, x) - self.dc_weight[t] * dc  # = x - η dc - (x - D(x))
         return x
 
-    def _kspace_cascades(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def _kspace_cascades(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         mask = _require_leaf(physics, "mask")
         full = replace_leaves(physics, mask=torch.ones_like(mask))
         m = broadcast_mask(mask, y)
@@ -154,7 +153,7 @@ class SensitivityModel(nn.Module):
         self.num_low_freqs = num_low_freqs
         self.eps = eps
 
-    def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, physics: PhysicsLike) -> torch.Tensor:
         """Estimated coil maps, complex of shape ``(B, N, H, W)``."""
         k = _complex_multicoil(y)
         acs = self._acs_mask(physics, k)
@@ -166,7 +165,7 @@ class SensitivityModel(nn.Module):
         rss = (s.real.square() + s.imag.square()).sum(1, keepdim=True)
         return s / torch.sqrt(rss + self.eps)
 
-    def _acs_mask(self, physics: Any, k: torch.Tensor) -> torch.Tensor:
+    def _acs_mask(self, physics: PhysicsLike, k: torch.Tensor) -> torch.Tensor:
         h, w = k.shape[-2:]
         if self.num_low_freqs is not None:
             cols = torch.arange(w, device=k.device)
@@ -204,7 +203,7 @@ def broadcast_mask(mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], *([1] * (k.dim() - 3)), *mask.shape[-2:])
 
 
-def replace_leaves(physics: Any, **new: torch.Tensor) -> Any:
+def replace_leaves(physics: PhysicsLike, **new: torch.Tensor) -> PhysicsLike:
     """A copy of the physics pytree with the leaves held as attributes ``new`` replaced.
 
     The physics object is not modified. Each attribute must be exactly one leaf of the
@@ -224,7 +223,7 @@ def replace_leaves(physics: Any, **new: torch.Tensor) -> Any:
     return tree.unflatten(spec, leaves)
 
 
-def _require_leaf(physics: Any, name: str) -> torch.Tensor:
+def _require_leaf(physics: PhysicsLike, name: str) -> torch.Tensor:
     value = getattr(physics, name, None)
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{_API}: the physics has no tensor attribute `{name}` (MRI needed).")

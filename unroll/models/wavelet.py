@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unroll._typing import PyTree
 from unroll.physics._utils import check_level
 
 Tensor = torch.Tensor
@@ -106,14 +107,16 @@ def _crop(x: Tensor, shape: tuple[int, ...], axes: tuple[int, ...]) -> Tensor:
     return x
 
 
-def _details(level_coeffs: Any) -> list[Tensor]:
+def _details(level_coeffs: tuple[Tensor, ...] | dict[str, Tensor]) -> list[Tensor]:
     """The detail bands of one level as a list (2-D: a tuple of 3; 3-D: a dict of 7)."""
     if isinstance(level_coeffs, dict):
         return [level_coeffs[k] for k in _KEYS_3D]
     return list(level_coeffs)
 
 
-def _rebuild(level_coeffs: Any, bands: list[Tensor]) -> Any:
+def _rebuild(
+    level_coeffs: tuple[Tensor, ...] | dict[str, Tensor], bands: list[Tensor]
+) -> tuple[Tensor, ...] | dict[str, Tensor]:
     if isinstance(level_coeffs, dict):
         return dict(zip(_KEYS_3D, bands, strict=True))
     return type(level_coeffs)(*bands) if hasattr(level_coeffs, "_fields") else tuple(bands)
@@ -121,7 +124,7 @@ def _rebuild(level_coeffs: Any, bands: list[Tensor]) -> Any:
 
 def wavedec(
     x: Tensor, wv: str = "db8", level: int = 3, mode: str = "zero", wvdim: int = 2
-) -> list[Any]:
+) -> list[PyTree]:
     r"""The ``level``-level wavelet decomposition :math:`\Psi x` over the last ``wvdim`` axes.
 
     Odd-sized axes are first padded by one replicated slice (as DeepInverse does); complex
@@ -161,7 +164,7 @@ def wavedec(
     ]
 
 
-def waverec(coeffs: list[Any], wv: str, shape: tuple[int, ...] | torch.Size) -> Tensor:
+def waverec(coeffs: list[PyTree], wv: str, shape: tuple[int, ...] | torch.Size) -> Tensor:
     r"""The reconstruction :math:`\Psi^\dagger c`, cropped to ``shape[-wvdim:]``.
 
     Args:
@@ -207,7 +210,7 @@ def _check_threshold(api: str, ths: Any, level: int, bands: int) -> None:
             )
 
 
-def band_threshold(ths: Any, j: int, b: int, like: Tensor) -> Any:
+def band_threshold(ths: float | Tensor, j: int, b: int, like: Tensor) -> float | Tensor:
     """The threshold of level ``j`` (0 = coarsest) and band ``b``, broadcastable to ``like``.
 
     A number or a 0-dim tensor is shared; a ``(B,)`` tensor is one value per sample;
@@ -223,7 +226,7 @@ def band_threshold(ths: Any, j: int, b: int, like: Tensor) -> Any:
     return ths.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def threshold(c: Tensor, t: Any, non_linearity: str) -> Tensor:
+def threshold(c: Tensor, t: float | Tensor, non_linearity: str) -> Tensor:
     r"""Soft :math:`\operatorname{sign}(c)\max(|c|-t,0)` (the modulus for complex ``c``) or
     hard :math:`c\,\mathbb 1_{|c|>t}` thresholding (``torch.func``-friendly: no in-place).
 
@@ -284,7 +287,7 @@ class WaveletDenoiser(nn.Module):
         self,
         level: int = 3,
         wv: str = "db8",
-        device: Any = "cpu",
+        device: torch.device | str = "cpu",
         non_linearity: str = "soft",
         mode: str = "zero",
         wvdim: int = 2,
@@ -313,12 +316,12 @@ class WaveletDenoiser(nn.Module):
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{api}: x must be a floating or complex tensor, got {x.dtype}.")
 
-    def dwt(self, x: Tensor) -> list[Any]:
+    def dwt(self, x: Tensor) -> list[PyTree]:
         """The decomposition :math:`\\Psi x` (see :func:`wavedec`)."""
         self._check_input("unroll.models.WaveletDenoiser.dwt", x)
         return wavedec(x, self.wv, self.level, self.mode, self.wvdim)
 
-    def iwt(self, coeffs: list[Any], shape: tuple[int, ...] | torch.Size) -> Tensor:
+    def iwt(self, coeffs: list[PyTree], shape: tuple[int, ...] | torch.Size) -> Tensor:
         """:math:`\\Psi^\\dagger c` cropped to ``shape`` (see :func:`waverec`)."""
         return waverec(coeffs, self.wv, shape)
 
@@ -327,7 +330,7 @@ class WaveletDenoiser(nn.Module):
         coeffs = self.dwt(x)
         return [t.flatten(1) for c in coeffs[1:] for t in _details(c)]
 
-    def threshold_details(self, coeffs: list[Any], ths: Any) -> list[Any]:
+    def threshold_details(self, coeffs: list[PyTree], ths: float | Tensor) -> list[PyTree]:
         """Threshold every detail band (level ``j``, band ``b``) at :func:`band_threshold`."""
         out = [coeffs[0]]
         for j, c in enumerate(coeffs[1:]):
@@ -338,7 +341,7 @@ class WaveletDenoiser(nn.Module):
             out.append(_rebuild(c, bands))
         return out
 
-    def forward(self, x: Tensor, ths: Any = 0.1, **kwargs: Any) -> Tensor:
+    def forward(self, x: Tensor, ths: float | Tensor = 0.1, **kwargs: Any) -> Tensor:
         """``D(x, ths)``.
 
         Args:

@@ -31,12 +31,16 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from unroll.algorithms.base import closest
-from unroll.algorithms.md import md, pmd
+from torch import Tensor
+
+from unroll._typing import DataFidelityLike, DistanceFidelityLike, PhysicsLike, PriorLike, PyTree
+from unroll.algorithms.base import Algorithm, closest
+from unroll.algorithms.md import Bregman, md, pmd
 from unroll.algorithms.pdhg import pdhg
+from unroll.equilibrium import AndersonAccelerationConfig, DEQConfig
 from unroll.unfolded import Unfolded
 
 _UNSET = object()
@@ -78,17 +82,17 @@ class _Optim(Unfolded):
     def _api(self) -> str:
         return f"unroll.optim.{type(self).__name__}"
 
-    def _iteration(self) -> Any:
+    def _iteration(self) -> str | Callable[..., Algorithm]:
         """The algorithm name, or a factory with this class's options bound, for Unfolded."""
         return self.iteration_name
 
     def __init__(
         self,
-        data_fidelity: Any = None,
-        prior: Any = None,
+        data_fidelity: DataFidelityLike | Sequence[DataFidelityLike] | None = None,
+        prior: PriorLike | Sequence[PriorLike] | None = None,
         *,
-        stepsize: Any = 1.0,
-        lambda_reg: Any = 1.0,
+        stepsize: float | Tensor | Sequence[float | Tensor] = 1.0,
+        lambda_reg: float | Tensor | Sequence[float | Tensor] = 1.0,
         sigma_denoiser: Any = _UNSET,
         g_param: Any = _UNSET,
         beta: Any = _UNSET,
@@ -96,12 +100,12 @@ class _Optim(Unfolded):
         max_iter: int = 100,
         unfold: bool = False,
         trainable_params: Sequence[str] | str | None = None,
-        DEQ: Any = None,  # noqa: N803
+        DEQ: DEQConfig | bool | None = None,  # noqa: N803
         tol: float | None = 1e-5,
         params_algo: dict | None = None,
         g_first: bool = False,
-        anderson_acceleration: Any = None,
-        custom_init: Any = None,
+        anderson_acceleration: AndersonAccelerationConfig | bool | None = None,
+        custom_init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
         **kwargs: Any,
     ):
         name = type(self).__name__
@@ -199,11 +203,11 @@ class PDCP(_Optim):
 
     def __init__(
         self,
-        data_fidelity: Any = None,
-        prior: Any = None,
+        data_fidelity: DistanceFidelityLike | Sequence[DistanceFidelityLike] | None = None,
+        prior: PriorLike | Sequence[PriorLike] | None = None,
         *,
-        K: Any = None,  # noqa: N803
-        K_adjoint: Any = None,  # noqa: N803
+        K: Callable[[Tensor], Tensor] | None = None,  # noqa: N803
+        K_adjoint: Callable[[Tensor], Tensor] | None = None,  # noqa: N803
         **kwargs: Any,
     ) -> None:
         self._operator = {"K": K, "K_adjoint": K_adjoint}
@@ -221,7 +225,7 @@ class PDCP(_Optim):
                 self._operator[key] = value
         return params
 
-    def _iteration(self) -> Any:
+    def _iteration(self) -> str | Callable[..., Algorithm]:
         if self._operator["K"] is None and self._operator["K_adjoint"] is None:
             return self.iteration_name
         return functools.partial(pdhg, **self._operator)
@@ -237,15 +241,15 @@ class MD(_Optim):
 
     def __init__(
         self,
-        bregman_potential: Any = None,
-        data_fidelity: Any = None,
-        prior: Any = None,
+        bregman_potential: Bregman | None = None,
+        data_fidelity: DataFidelityLike | Sequence[DataFidelityLike] | None = None,
+        prior: PriorLike | Sequence[PriorLike] | None = None,
         **kwargs: Any,
     ) -> None:
         self._potential = bregman_potential
         super().__init__(data_fidelity, prior, **kwargs)
 
-    def _iteration(self) -> Any:
+    def _iteration(self) -> str | Callable[..., Algorithm]:
         return functools.partial(type(self)._factory, bregman_potential=self._potential)
 
 

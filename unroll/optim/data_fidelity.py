@@ -18,6 +18,7 @@ import torch
 
 from unroll._failure import check_on_failure, report_change
 from unroll._host import try_bool
+from unroll._typing import PhysicsLike
 from unroll.physics._utils import check_level
 
 Tensor = torch.Tensor
@@ -85,15 +86,15 @@ class L2:
         return (u + c * y) / (1 + c)
 
     # image-space f(x) = d(A x, y)
-    def value(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``f(x)``."""
         return self.d(physics.A(x), y)
 
-    def grad(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ(A x − y) / σ²``."""
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
 
-    def prox(self, z: Tensor, y: Tensor, physics: Any, gamma: Tensor | float) -> Tensor:
+    def prox(self, z: Tensor, y: Tensor, physics: PhysicsLike, gamma: Tensor | float) -> Tensor:
         """``argmin_x ‖A x − y‖²/(2σ²) + ‖x − z‖²/(2γ)`` = ``physics.prox_l2(z, y, γ/σ²)``."""
         return physics.prox_l2(z, y, gamma * self._inv_var)
 
@@ -149,15 +150,15 @@ class L1:
         _check_step("unroll.optim.L1.d_prox", gamma)
         return y + soft_threshold(u - y, gamma)
 
-    def value(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``‖A x − y‖₁``."""
         return self.d(physics.A(x), y)
 
-    def grad(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """A subgradient ``Aᵀ sign(A x − y)``."""
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
 
-    def prox(self, z: Tensor, y: Tensor, physics: Any, gamma: Tensor | float) -> Tensor:
+    def prox(self, z: Tensor, y: Tensor, physics: PhysicsLike, gamma: Tensor | float) -> Tensor:
         """``argmin_x ‖A x − y‖₁ + ‖x − z‖²/(2γ)`` by projected gradient on the dual
         (``γ`` finite, > 0)."""
         _check_step("unroll.optim.L1.prox", gamma)
@@ -169,7 +170,7 @@ class L1:
         return z - gamma * physics.A_adjoint(w)
 
 
-def _operator_norm_sq(physics: Any, like: Tensor, num_iter: int = 30) -> Tensor:
+def _operator_norm_sq(physics: PhysicsLike, like: Tensor, num_iter: int = 30) -> Tensor:
     """Largest eigenvalue of ``AᵀA`` by power iteration (no gradient)."""
     with torch.no_grad():
         v = torch.randn_like(like)
@@ -364,19 +365,19 @@ class DataFidelity:
             self.on_failure,
         )
 
-    def value(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``f(x) = d(A x, y)``."""
         return self.d(physics.A(x), y)
 
-    def grad(self, x: Tensor, y: Tensor, physics: Any) -> Tensor:
+    def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ ∇_u d(A x, y)``."""
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
 
-    def prox(self, z: Tensor, y: Tensor, physics: Any, gamma: Tensor | float) -> Tensor:
+    def prox(self, z: Tensor, y: Tensor, physics: PhysicsLike, gamma: Tensor | float) -> Tensor:
         """``argmin_x γ d(A x, y) + ½‖x − z‖²`` by gradient descent (see the class)."""
         _check_step("unroll.optim.DataFidelity.prox", gamma)
         if self.stepsize_inter is not None:
-            step: Any = self.stepsize_inter
+            step: float | Tensor = self.stepsize_inter
         else:
             step = 1 / (1 + gamma * _operator_norm_sq(physics, z))
         return gradient_descent_prox(

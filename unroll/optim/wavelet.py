@@ -13,7 +13,6 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -86,7 +85,7 @@ class WaveletPrior(Prior):
         level: int = 3,
         wv: str = "db8",
         p: float = 1,
-        device: Any = "cpu",
+        device: torch.device | str = "cpu",
         wvdim: int = 2,
         is_complex: bool = False,
         mode: str = "zero",

@@ -20,6 +20,7 @@ import optree
 import torch
 
 from unroll import tree
+from unroll._typing import PyTree
 from unroll.physics import spectral
 from unroll.physics._utils import (
     SolveOptions,
@@ -360,7 +361,7 @@ def _is_node(obj: Any) -> bool:
     return obj is not None and not optree.treespec_is_leaf(tree.structure(obj))
 
 
-def _flatten(obj: LinearPhysics) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def _flatten(obj: LinearPhysics) -> tuple[tuple[PyTree, ...], tuple[Any, ...]]:
     cls = type(obj)
     children = tuple(getattr(obj, name) for name in cls.leaves)
     noise = obj.noise_model
@@ -377,7 +378,7 @@ def _make_unflatten(cls: type) -> Callable:
     names = (*cls.static, *_SETTINGS)
     n_leaves = len(cls.leaves)
 
-    def unflatten(aux: tuple[Any, ...], children: tuple[Any, ...]) -> LinearPhysics:
+    def unflatten(aux: tuple[Any, ...], children: tuple[PyTree, ...]) -> LinearPhysics:
         obj = object.__new__(cls)
         for name, value in zip(cls.leaves, children):
             setattr(obj, name, value)

@@ -25,6 +25,7 @@ with one mask per frame. ``MultiCoilMRI(coil_maps=N)`` simulates birdcage coil m
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -206,7 +207,7 @@ def _real_mask(api: str, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _default_mask(api: str, img_size: Any, spatial: int) -> torch.Tensor:
+def _default_mask(api: str, img_size: Sequence[int] | None, spatial: int) -> torch.Tensor:
     """DeepInverse's flat mask of ones of ``img_size``'s last ``spatial`` sizes."""
     if not isinstance(img_size, (tuple, list, torch.Size)) or len(img_size) < spatial:
         raise ValueError(
@@ -510,7 +511,7 @@ class MultiCoilMRI(LinearPhysics):
         sp = self._spatial
         if mask is None:
             if isinstance(coil_maps, torch.Tensor) and coil_maps.dim() >= sp:
-                size: Any = tuple(coil_maps.shape[-sp:])
+                size: Sequence[int] | None = tuple(coil_maps.shape[-sp:])
             else:
                 size = img_size
             mask = _default_mask(api, size, sp)

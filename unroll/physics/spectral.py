@@ -16,6 +16,7 @@ import torch
 
 from unroll._failure import check_on_failure, report
 from unroll._host import host_values
+from unroll._typing import PhysicsLike
 from unroll.physics._utils import is_number, require_tensor
 
 __all__ = ["adjointness_test", "power_method", "compute_sqnorm", "compute_norm"]
@@ -30,7 +31,7 @@ def _no_extra(api: str, unknown: dict[str, Any]) -> None:
 
 
 def adjointness_test(
-    physics: Any, u: torch.Tensor, *, rng: torch.Generator | None = None
+    physics: PhysicsLike, u: torch.Tensor, *, rng: torch.Generator | None = None
 ) -> torch.Tensor:
     r"""The adjointness defect :math:`\overline{\langle v, A u\rangle} - \langle u, A^\top v\rangle`
     for a random :math:`v`, with :math:`\langle a, b\rangle = \sum \bar a\, b`.
@@ -148,7 +149,7 @@ def power_method(
 
 
 def compute_sqnorm(
-    physics: Any,
+    physics: PhysicsLike,
     x0: torch.Tensor,
     *,
     max_iter: int = 100,
@@ -197,7 +198,7 @@ def compute_sqnorm(
 
 
 def compute_norm(
-    physics: Any,
+    physics: PhysicsLike,
     x0: torch.Tensor,
     max_iter: int = 100,
     tol: float = 1e-3,
