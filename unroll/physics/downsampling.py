@@ -18,9 +18,16 @@ the spectrum onto the ``H/f × W/f`` grid: :math:`\widehat{Sx}(u) = \tfrac1{f^2}
           \qquad \bar{v}(u) = \tfrac1{f^2}\textstyle\sum_a v(u + a),
 
 the minimiser of :math:`\tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2` (:math:`\overline{\hat
-k\hat z} = \widehat{Az}`). This form stays finite for any finite ``γ > 0``. Every other case
-(other paddings, sizes not divisible by ``factor``, a kernel larger than the image, a
-full-shaped ``γ``) uses conjugate gradient through :func:`least_squares`. Without a filter
+k\hat z} = \widehat{Az}`). This form stays finite for any finite ``γ > 0``. It is computed as
+:math:`h = z + A^\top q`, :math:`q = D^{-1}(y - Az)`, :math:`D = AA^\top + I/\gamma` (a
+circulant on the ``H/f × W/f`` grid): three real FFTs on the ``H × W`` grid, ``Aᵀ``'s
+upsampling read as a tiling of ``q̂``. Its backward is analytic, as cheap as the forward: for a
+cotangent ``v`` and :math:`s = D^{-1}Av`, :math:`\bar z = v - A^\top s`, :math:`\bar y = s`,
+:math:`\bar\gamma = \langle s, q\rangle/\gamma^2` (autograd differentiates the same
+operations instead when the filter needs a gradient or under ``torch.func`` transforms).
+
+Every other case (other paddings, sizes not divisible by ``factor``, a kernel larger than the
+image, a full-shaped ``γ``) uses conjugate gradient through :func:`least_squares`. Without a filter
 :math:`A^\top A` is a 0/1 mask and the prox is closed form for every padding, size and ``γ``.
 """
 
@@ -28,11 +35,13 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
+from unroll._host import is_transformed as _is_transformed
 from unroll.physics._utils import (
     check_prox_gamma,
     check_solve_options,
@@ -47,7 +56,10 @@ from unroll.physics._utils import (
 from unroll.physics.base import LinearPhysics
 from unroll.physics.blur import (
     PADDINGS,
+    _index_map,
     _pad_sizes,
+    _spectrum,
+    _use_fft,
     conv2d,
     conv_transpose2d,
     gaussian_blur,
@@ -195,6 +207,134 @@ def _make_filter(
     return filter
 
 
+def _fast_size(n: int) -> int:
+    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+# ---------------------------------------------------------------------- circular closed form
+def _has_tangent(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None
+
+
+def _alias_sum(t: torch.Tensor, f: int) -> torch.Tensor:
+    r""":math:`\sum_{a} t(u + a)` over the ``f²`` aliases of a ``(..., H, W)`` spectrum
+    (``f²`` times the mean that is the spectrum of a decimation), as a sum of slices."""
+    H, W = t.shape[-2:]
+    t = t.reshape(*t.shape[:-2], f, H // f, f, W // f)
+    out = t[..., 0, :, 0, :]
+    for a in range(f):
+        for b in range(f):
+            if a or b:
+                out = out + t[..., a, :, b, :]
+    return out
+
+
+class _Circular(NamedTuple):
+    r"""What the circular closed form needs besides the images: the blur's half spectrum
+    (``rfft2`` grid), the spectrum of :math:`D^{-1} = (AA^\top + I/\gamma)^{-1}` on the small
+    grid, and the column map that tiles a small spectrum onto the large half grid."""
+
+    k: torch.Tensor  # k̂ on the (H, W/2 + 1) grid
+    inv_d: torch.Tensor  # 1 / (mean_a |k̂(u + a)|² + 1/γ) on the (H/f, W/f) grid
+    cols: torch.Tensor  # v mod W/f for v = 0 .. W/2
+    f: int
+
+
+def _circular(otf: torch.Tensor, gamma: torch.Tensor, like: torch.Tensor, f: int) -> _Circular:
+    H, W = otf.shape[-2:]
+    power = _alias_sum(otf.real.square() + otf.imag.square(), f)
+    d = power / (f * f) + 1 / expand_per_sample(gamma, like)
+    cols = torch.arange(W // 2 + 1, device=otf.device) % (W // f)
+    return _Circular(otf[..., : W // 2 + 1], 1 / safe_denominator(d), cols, f)
+
+
+def _apply_A(x_hat: torch.Tensor, c: _Circular) -> torch.Tensor:
+    """``A x = (k * x)[..., ::f, ::f]`` from ``x̂ = rfft2(x)``, the blur as ``irfft2(k̂ · x̂)``."""
+    size = (c.f * c.inv_d.shape[-2], c.f * c.inv_d.shape[-1])
+    return torch.fft.irfft2(x_hat * c.k, s=size)[..., :: c.f, :: c.f]
+
+
+def _add_adjoint(x_hat: torch.Tensor, q_hat: torch.Tensor, c: _Circular, sign: float):
+    r"""``irfft2(x̂ + sign · conj(k̂) ⊙ tile(q̂))``, i.e. :math:`x + \text{sign}\,A^\top q`:
+    the zero-upsampling :math:`S^\top` tiles the small spectrum ``f × f`` times, here read
+    straight onto the large half grid (no upsampled image, no extra FFT)."""
+    f, (h, w) = c.f, q_hat.shape[-2:]
+    t = q_hat.index_select(-1, c.cols)
+    t = t.unsqueeze(-3).expand(*t.shape[:-2], f, h, t.shape[-1]).reshape(*t.shape[:-2], f * h, -1)
+    return torch.fft.irfft2(torch.addcmul(x_hat, c.k.conj(), t, value=sign), s=(f * h, f * w))
+
+
+def _circular_prox(
+    z: torch.Tensor, y: torch.Tensor, c: _Circular
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(h, q̂)``: :math:`q = D^{-1}(y - Az)` (its spectrum) and :math:`h = z + A^\top q`,
+    the prox (Woodbury form of the module docstring's formula): three FFTs on the large grid.
+    Differentiable by autograd."""
+    z_hat = torch.fft.rfft2(z)
+    q_hat = torch.fft.fft2(y - _apply_A(z_hat, c)) * c.inv_d
+    return _add_adjoint(z_hat, q_hat, c, 1.0), q_hat
+
+
+def _gamma_bar(s_hat: torch.Tensor, q_hat: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    r""":math:`\langle s, q\rangle / \gamma^2` by Parseval on the small grid (per sample for a
+    ``(B,)`` ``γ``)."""
+    prod = (s_hat * q_hat.conj()).real / (s_hat.shape[-2] * s_hat.shape[-1])
+    if gamma.dim() == 0:
+        return prod.sum() / gamma.square()
+    return prod.flatten(1).sum(1) / gamma.square()
+
+
+class _CircularProx(torch.autograd.Function):
+    r""":func:`_circular_prox` with its analytic backward. The prox is
+    :math:`h = (I - A^\top D^{-1}A)z + A^\top D^{-1}y` (symmetric in ``z``), so for a
+    cotangent ``v`` and :math:`s = D^{-1}Av`:
+
+    .. math:: \bar z = v - A^\top s, \qquad \bar y = s, \qquad
+              \bar\gamma = \langle s, q\rangle / \gamma^2
+
+    (per sample for a ``(B,)`` ``γ``) — three FFTs on the large grid, as many as the forward.
+    For higher derivatives (``create_graph``) ``q`` is recomputed from the saved inputs with
+    differentiable operations. The OTF is a constant here: a filter that needs gradients
+    takes the plain autograd path."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, y, gamma, otf, f):  # type: ignore[override]
+        return _circular_prox(z, y, _circular(otf, gamma, z, f))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        z, y, gamma, otf, f = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(z, y, gamma, otf, output[1])
+        ctx.f = f
+
+    @staticmethod
+    def backward(ctx, v, _q_bar):  # type: ignore[override]
+        z, y, gamma, otf, q_hat = ctx.saved_tensors
+        c = _circular(otf, gamma, z, ctx.f)
+        v_hat = torch.fft.rfft2(v)
+        s_hat = torch.fft.fft2(_apply_A(v_hat, c)) * c.inv_d  # D⁻¹ A v
+        z_bar = _add_adjoint(v_hat, s_hat, c, -1.0) if ctx.needs_input_grad[0] else None
+        y_bar = torch.fft.ifft2(s_hat).real if ctx.needs_input_grad[1] else None
+        g_bar = None
+        if ctx.needs_input_grad[2]:
+            if torch.is_grad_enabled():  # create_graph: q as a function of (z, y, γ)
+                q_hat = _circular_prox(z, y, c)[1]
+            g_bar = _gamma_bar(s_hat, q_hat, gamma)
+        return z_bar, y_bar, g_bar, None, None
+
+
 class Downsampling(LinearPhysics):
     r"""Super-resolution operator :math:`y = S(k * x)`: blur, then keep every ``factor``-th
     pixel along each spatial axis (``x[..., ::factor, ::factor]``).
@@ -249,6 +389,7 @@ class Downsampling(LinearPhysics):
         max_iter: int = 100,
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
+        solver: str = "CG",
     ) -> None:
         api = "Downsampling"
         factor = _check_factor(api, factor)
@@ -275,7 +416,7 @@ class Downsampling(LinearPhysics):
         self.img_size = img_size
         self.factor = factor
         self.padding = padding
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     # ------------------------------------------------------------------ shapes and checks
     def blurred_size(self) -> tuple[int, int]:
@@ -351,6 +492,62 @@ class Downsampling(LinearPhysics):
         self._check("Downsampling.A_adjoint", "y", y, measured=True)
         return self._blur_adjoint(self._upsample(y))
 
+    def normal_operator(self, like: torch.Tensor):
+        r""":math:`A^\top A` for inputs shaped like ``like``, everything that does not depend
+        on ``x`` built once (what each CG iteration applies). With an FFT-sized filter:
+
+        .. math:: A^\top A x = P^\top\, \mathcal F^{-1}\bigl[\bar{\hat k}\cdot
+                  \mathcal F[V \odot \mathcal F^{-1}[\hat k \cdot \mathcal F P x]]\bigr],
+
+        :math:`P` the padding (a gather with precomputed index maps; none for ``"valid"``),
+        :math:`\hat k` the kernel's spectrum on the padded grid and :math:`V` the 0/1 mask of
+        the blurred pixels that decimation keeps (:math:`S^\top S`, inside the valid window).
+        Without a filter :math:`A^\top A = S^\top S` is that mask alone; small filters use
+        ``A_adjoint(A(x))``."""
+        self._check("Downsampling.normal_operator", "like", like, measured=False)
+        f = self.factor
+        H, W = like.shape[-2:]
+        if self.filter is None:
+            keep = torch.zeros(H, W, dtype=like.dtype, device=like.device)
+            keep[::f, ::f] = 1
+            return lambda x: x * keep
+        if not _use_fft(self.filter):
+            return self.A_adjoint_A
+        h, w = self.filter.shape[-2:]
+        if self.padding == "valid":
+            Hp, Wp = H, W
+        else:
+            top, bottom, left, right = _pad_sizes(h, w)
+            Hp, Wp = H + top + bottom, W + left + right
+            if self.padding != "zeros":
+                ih = _index_map(H, top, bottom, self.padding, like.device)
+                iw = _index_map(W, left, right, self.padding, like.device)
+        # FFT grid: the padded size rounded up to a 5-smooth one (fast FFT sizes; a larger
+        # grid changes nothing: the kept pixels see no wrap-around for any size >= (Hp, Wp))
+        Nh, Nw = _fast_size(Hp), _fast_size(Wp)
+        spec = _spectrum(self.filter, (Nh, Nw))
+        spec_conj = spec.conj()
+        keep = torch.zeros(Nh, Nw, dtype=like.dtype, device=like.device)
+        keep[h - 1 : Hp : f, w - 1 : Wp : f] = 1
+        padding = self.padding
+
+        def normal(x: torch.Tensor) -> torch.Tensor:
+            if padding == "zeros":
+                x = F.pad(x, (left, right, top, bottom))
+            elif padding != "valid":
+                x = x.index_select(-2, ih).index_select(-1, iw)
+            kx = torch.fft.irfft2(torch.fft.rfft2(x, s=(Nh, Nw)) * spec, s=(Nh, Nw))
+            out = torch.fft.irfft2(torch.fft.rfft2(kx * keep) * spec_conj, s=(Nh, Nw))
+            out = out[..., :Hp, :Wp]
+            if padding == "zeros":
+                return out[..., top : top + H, left : left + W]
+            if padding == "valid":
+                return out
+            out = out.new_zeros(*out.shape[:-1], W).index_add(-1, iw, out)
+            return out.new_zeros(*out.shape[:-2], H, W).index_add(-2, ih, out)
+
+        return normal
+
     # ------------------------------------------------------------------ prox
     def _fourier_ok(self) -> bool:
         """Whether the circular closed form applies (``H, W`` multiples of ``factor`` and a
@@ -410,23 +607,22 @@ class Downsampling(LinearPhysics):
             return self._mask_prox(z, y, gamma)
         if not (self._fourier_ok() and is_scalar_or_per_sample(gamma, z)):
             return self._cg_prox(z, y, gamma, opts)
-        f = self.factor
-        H, W = self.img_size[-2:]
-        h, w = H // f, W // f
+        return self._fourier_prox(z, y, gamma)
 
-        def fold(t: torch.Tensor) -> torch.Tensor:  # mean over the f² aliases
-            return t.reshape(*t.shape[:-2], f, h, f, w).mean(dim=(-4, -2))
-
-        def tile(t: torch.Tensor) -> torch.Tensor:
-            t = t.unsqueeze(-3).unsqueeze(-2)
-            return t.expand(*t.shape[:-4], f, h, f, w).reshape(*t.shape[:-4], H, W)
-
-        k = self.otf()
-        z_hat = torch.fft.fft2(z)
-        g = expand_per_sample(gamma, z)
-        den = safe_denominator(fold(k.real.square() + k.imag.square()) + 1 / g)
-        q = (torch.fft.fft2(y) - fold(k * z_hat)) / den
-        return torch.fft.ifft2(z_hat + k.conj() * tile(q)).real
+    def _fourier_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The circular closed form. Plain autograd use (no ``torch.func`` transform, no
+        forward-mode tangent, a filter without gradient) runs it as one
+        :class:`torch.autograd.Function` with the analytic backward (:class:`_CircularProx`);
+        otherwise autograd differentiates its operations."""
+        otf = self.otf()
+        filt = self.filter
+        fast = not (
+            (filt is not None and filt.requires_grad)
+            or any(_is_transformed(t) or _has_tangent(t) for t in (z, y, gamma, filt))
+        )
+        if fast:
+            return _CircularProx.apply(z, y, gamma, otf.detach(), self.factor)[0]
+        return _circular_prox(z, y, _circular(otf, gamma, z, self.factor))[0]
 
     def _mask_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """No filter: ``AᵀA`` is the 0/1 mask of kept pixels, so
