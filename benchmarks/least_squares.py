@@ -61,6 +61,7 @@ class IterCounter:
             return (x, info) if want else x
 
         LS_MODULE.solve_cg = counting
+        LS_MODULE._SYSTEM_SOLVERS["CG"] = counting  # the table prox_l2 looks CG up in
 
     def install_deepinv(self) -> None:
         mod = sys.modules["deepinv.optim.linear.least_squares"]

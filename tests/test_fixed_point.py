@@ -488,3 +488,43 @@ def tree_leaves(t):
     from unroll import tree
 
     return tree.leaves(t)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(tol=0.0, maxiter=40),
+        dict(tol=1e-6, maxiter=300),
+        dict(tol=1e-3, maxiter=300, stop_mode="abs"),
+        dict(tol=1e-14, maxiter=25),
+        dict(tol=1e-6, maxiter=300, check_every=3),
+    ],
+)
+def test_quiet_checks_equal_general_bookkeeping(monkeypatch, batched, opts):
+    """The fast path of a convergence check (nothing converged or failed) gives, bit for bit,
+    the iterate and FixedPointInfo of the general per-problem bookkeeping, also under vmap."""
+    import unroll.fixed_point as fp
+
+    w, u, b, x = tanh_layer(6, 0.9, batch=4, seed=3)
+    x = x * torch.tensor([1.0, 3.0, 0.1, 10.0], dtype=DT)[:, None]  # unequal convergence
+
+    def solve():
+        z0 = torch.zeros_like(x)
+        one = fixed_point_iteration(
+            tanh_f, z0, w, u, b, x, batched=batched, on_failure="ignore", **opts
+        )
+        per = torch.func.vmap(
+            lambda xi: fixed_point_iteration(
+                tanh_f, torch.zeros_like(xi), w, u, b, xi, on_failure="ignore", **opts
+            )
+        )(x)
+        return one, per
+
+    fast = solve()
+    monkeypatch.setattr(fp, "_quiet", lambda *args: None)
+    general = solve()
+    for a, g in zip(fast, general):
+        assert torch.equal(a[0], g[0])
+        for fa, fg in zip(a[1], g[1]):
+            assert fa.dtype == fg.dtype and torch.equal(fa, fg)

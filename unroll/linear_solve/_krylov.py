@@ -128,8 +128,8 @@ def _cg(name: str, matvec: MatVec, b: PyTree, opts: _Options, options: dict[str,
 
 
 def _cg_single(st: _Start, fixed: bool):
-    """CG on one system, its convergence read on the host every iteration (one sync that
-    also reads ``pᵀAp``, so a breakdown or NaN stops the loop at the last finite iterate).
+    """CG on one system, its convergence read on the host every iteration (``‖r‖²`` and
+    ``pᵀAp``, so a breakdown or NaN stops the loop at the last finite iterate).
     Returns ``(x, ‖r‖², iterations, reason code)``."""
     op, x, r, dots, loop, thresh_sq = st
     one = dots.single
@@ -146,7 +146,7 @@ def _cg_single(st: _Start, fixed: bool):
         x_new = dots.axpy(alpha, p, x, expanded=one)
         r = dots.axpy(alpha, ap, r, sign=-1, expanded=one)
         rs_new = dots.sq(r)
-        pap_v, rs_new_v = torch.stack((pap, rs_new)).tolist()
+        pap_v, rs_new_v = pap.item(), rs_new.item()  # two reads, no stacking op
         k += 1
         if not (0 < pap_v < math.inf):
             failed = BREAKDOWN if math.isfinite(pap_v) else NON_FINITE

@@ -380,7 +380,7 @@ class Blur(LinearPhysics):
         size = tuple(like.shape[-n:])
         dims = tuple(range(-n, 0))
         spec = _spectrum(self.filter, size)
-        spec_conj = spec.conj()
+        spec_conj = spec.conj().resolve_conj()  # materialised once, not at every call
         valid = torch.zeros(size, dtype=like.dtype, device=like.device)
         valid[tuple(slice(k - 1, None) for k in ks)] = 1
 

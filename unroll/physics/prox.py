@@ -40,14 +40,13 @@ from unroll._host import host_any, is_transformed
 from unroll._typing import LinearOperator
 from unroll.linear_solve import solve_bicgstab, solve_cg, solve_lsqr, solve_minres
 from unroll.physics._utils import (
-    SOLVERS,
     check_solver,
     expand_per_sample,
     real_dtype,
     require_tensor,
 )
 
-__all__ = ["least_squares", "check_gamma", "SOLVERS", "check_solver"]
+__all__ = ["least_squares", "check_gamma"]
 
 _API = "least_squares"
 
