@@ -144,6 +144,21 @@ def test_every_public_name_has_a_reference_entry(site):
     )
 
 
+def test_no_docstring_holds_control_characters():
+    """A backslash sequence such as ``\\alpha`` or ``\\big`` in a non-raw docstring becomes a
+    control character (BEL, backspace) and breaks the rendered math: docstrings with LaTeX
+    must be raw strings."""
+    import ast
+
+    bad = []
+    for path in sorted(Path(unroll.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if any(c in node.value for c in "\x07\x08\x0b\x0c"):
+                    bad.append(f"{path.name}:{node.lineno}")
+    assert not bad, f"control characters in string literals (use r-strings): {bad}"
+
+
 def test_public_module_rule_sees_the_subpackages():
     modules = public_modules()
     for name in ("unroll", "unroll.tree", "unroll.physics", "unroll.algorithms", "unroll.data"):

@@ -60,11 +60,11 @@ class AndersonAccelerationConfig:
     Each iteration mixes the last ``history_size`` iterates :math:`x_i` and their images
     :math:`f_i = T(x_i)`:
 
-    .. math:: x_{k+1} = \sum_i lpha_iig(eta f_i + (1-eta) x_iig),\qquad
-              lpha = rg\min_{\sum_i lpha_i = 1}\Big\|\sum_ilpha_i(f_i - x_i)\Big\|^2
-              + \lambda\|lpha\|^2,
+    .. math:: x_{k+1} = \sum_i \alpha_i\big(\beta f_i + (1-\beta) x_i\big),\qquad
+              \alpha = \arg\min_{\sum_i \alpha_i = 1}\Big\|\sum_i\alpha_i(f_i - x_i)\Big\|^2
+              + \lambda\|\alpha\|^2,
 
-    with :math:`\lambda` = ``eps`` :math:`\cdot\,rac1m\sum_i\|f_i - x_i\|^2` *relative* to
+    with :math:`\lambda` = ``eps`` :math:`\cdot\,\frac1m\sum_i\|f_i - x_i\|^2` *relative* to
     the residuals (DeepInverse's ``eps`` is absolute), per sample (see
     :class:`unroll.algorithms.base.AndersonMixer`). With a ``DEQ`` it configures the DEQ's
     forward solve instead (:attr:`DEQConfig.anderson_acceleration_forward`).

@@ -487,16 +487,16 @@ def initial_state(
 
 
 class AndersonMixer:
-    """Anderson acceleration of an algorithm's iterations, one iteration at a time.
+    r"""Anderson acceleration of an algorithm's iterations, one iteration at a time.
 
     At iteration ``k`` (from 0) with the state ``s_k`` and its image ``T(s_k)`` (one step),
     the array leaves (``dim >= 2``) of both are flattened per sample into ``x_k`` and
     ``f_k``, kept for the last ``m = history_size`` iterations, and the next state's leaves
     are replaced by
 
-    .. math:: x_{k+1} = \\sum_i \alpha_i \big(\beta f_i + (1 - \beta) x_i\big),\\qquad
-              \alpha = \arg\\min_{\\sum_i\alpha_i = 1} \\Big\\|\\sum_i \alpha_i (f_i - x_i)
-              \\Big\\|^2 + \\lambda\\|\alpha\\|^2,
+    .. math:: x_{k+1} = \sum_i \alpha_i \big(\beta f_i + (1 - \beta) x_i\big),\qquad
+              \alpha = \arg\min_{\sum_i\alpha_i = 1} \Big\|\sum_i \alpha_i (f_i - x_i)
+              \Big\|^2 + \lambda\|\alpha\|^2,
 
     ``λ = eps · mean_i ‖f_i − x_i‖²`` (relative, see :func:`unroll.anderson`); per-sample
     scalars (FISTA's momentum) are taken from ``T(s_k)``. With ``full_backprop=False`` the

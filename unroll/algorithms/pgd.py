@@ -18,7 +18,7 @@ class PGDState(NamedTuple):
 
 
 def pgd(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = False) -> Algorithm:
-    """Proximal gradient: ``x_{k+1} = prox_{γλ g}(x_k − γ ∇f(x_k))``.
+    r"""Proximal gradient: ``x_{k+1} = prox_{γλ g}(x_k − γ ∇f(x_k))``.
 
     With :class:`unroll.optim.PnP` the prox is the denoiser ``D(·, σ)``. Converges to
     ``argmin f + λg`` for convex terms when ``γ < 2/L`` (``L`` the Lipschitz constant of
@@ -27,7 +27,7 @@ def pgd(data_fidelity: DataFidelityLike, prior: PriorLike, *, g_first: bool = Fa
     With ``g_first=True`` (DeepInverse's ``g_first``) the roles swap: a gradient step on
     ``λg`` and the prox of ``f``,
 
-    .. math:: x_{k+1} = \\operatorname{prox}_{γf}\big(x_k − γλ∇g(x_k)\big),
+    .. math:: x_{k+1} = \operatorname{prox}_{γf}\big(x_k − γλ∇g(x_k)\big),
 
     whose fixed points are the same stationary points ``∇f(x) + λ∇g(x) = 0`` (``γλ < 2/L_g``).
 
