@@ -122,3 +122,19 @@ def test_random_mask_errors():
         Inpainting(mask=1.5, img_size=(1, 4, 4))
     with pytest.raises(TypeError, match="Inpainting: rng only applies to a float mask"):
         Inpainting(torch.ones(1, 4, 4), rng=torch.Generator())
+
+
+def test_functional_namespace_matches_deepinverse_paths_and_the_gaussian_formula():
+    """``unroll.physics.functional`` holds DeepInverse's functional names (same objects as the
+    ``unroll.physics`` ones); the Gaussian filter is the normalised sampled Gaussian."""
+    from unroll import physics
+    from unroll.physics import functional
+
+    for name in functional.__all__:
+        assert getattr(functional, name) is getattr(physics, name, getattr(functional, name))
+    assert functional.bicubic_filter is physics.bicubic_filter
+    k = functional.gaussian_blur(sigma=(1.0, 1.0), dtype=torch.float64)[0, 0]
+    r = (k.shape[-1] - 1) // 2
+    i = torch.arange(-r, r + 1, dtype=torch.float64)
+    ref = torch.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / 2)
+    torch.testing.assert_close(k, ref / ref.sum(), rtol=1e-12, atol=1e-15)

@@ -17,6 +17,7 @@ Example:
     >>> h = blur.prox_l2(torch.zeros_like(x), blur(x), 1.0)   # differentiable, O(1) memory
 """
 
+from unroll.physics import functional
 from unroll.physics.base import ComposedPhysics, LinearPhysics, compose
 from unroll.physics.blur import (
     Blur,
@@ -44,6 +45,7 @@ from unroll.physics.noise import GaussianNoise
 from unroll.physics.prox import least_squares
 
 __all__ = [
+    "functional",
     "LinearPhysics",
     "ComposedPhysics",
     "compose",
