@@ -138,3 +138,29 @@ def test_functional_namespace_matches_deepinverse_paths_and_the_gaussian_formula
     i = torch.arange(-r, r + 1, dtype=torch.float64)
     ref = torch.exp(-(i[:, None] ** 2 + i[None, :] ** 2) / 2)
     torch.testing.assert_close(k, ref / ref.sum(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: __import__("unroll").physics.Blur(torch.ones(1, 1, 3, 3) / 9, **kw),
+        lambda **kw: __import__("unroll").physics.BlurFFT(
+            torch.ones(1, 1, 3, 3) / 9, img_size=(1, 8, 8), **kw
+        ),
+        lambda **kw: __import__("unroll").physics.Inpainting(torch.ones(1, 8, 8), **kw),
+        lambda **kw: __import__("unroll").physics.MRI(torch.ones(8, 8), **kw),
+        lambda **kw: __import__("unroll").physics.Denoising(**kw),
+    ],
+    ids=["Blur", "BlurFFT", "Inpainting", "MRI", "Denoising"],
+)
+def test_device_keyword_equals_to_device(make):
+    """DeepInverse's ``device=`` constructor keyword gives the operator that ``.to(device)``
+    gives: same leaves on that device, same settings."""
+    import optree
+
+    with_kw, moved = make(device="cpu"), make().to(device="cpu")
+    a, spec_a = optree.tree_flatten(with_kw, namespace="unroll")
+    b, spec_b = optree.tree_flatten(moved, namespace="unroll")
+    assert spec_a == spec_b and len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.device == torch.device("cpu") and torch.equal(u, v)

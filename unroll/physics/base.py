@@ -62,6 +62,10 @@ class LinearPhysics:
         tol: relative residual tolerance of those solves, ``‖r‖ ≤ tol·‖b‖`` per sample.
         implicit_backward_solver: differentiate the CG solves implicitly (O(1) memory in the
             number of iterations) rather than through the iterations.
+        solver: the least-squares method of those solves: ``"CG"`` (default), ``"BiCGStab"``,
+            ``"lsqr"`` or ``"minres"`` (DeepInverse's names; see :func:`least_squares`).
+        device: where the operator's tensors (kernel, mask, coil maps, ...) live; the same as
+            building it and calling :meth:`to` (every subclass takes these keywords).
 
     Example:
         >>> import torch
@@ -92,6 +96,7 @@ class LinearPhysics:
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         if type(self) is LinearPhysics and (not callable(A) or not callable(A_adjoint)):
             raise TypeError(
@@ -100,7 +105,7 @@ class LinearPhysics:
             )
         self._A_fn = A
         self._At_fn = A_adjoint
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -114,7 +119,10 @@ class LinearPhysics:
         tol: float,
         implicit_backward_solver: bool,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
+        """Validate and set the solve settings; with ``device`` (DeepInverse's constructor
+        keyword), move the operator's tensors there (as :meth:`to`, on the new object)."""
         name = type(self).__name__
         if noise_model is not None and not callable(noise_model):
             raise TypeError(f"{name}: noise_model must be callable y -> noisy y, or None.")
@@ -129,6 +137,8 @@ class LinearPhysics:
         self.tol = float(tol)
         self.implicit_backward_solver = implicit_backward_solver
         self.solver = check_solver(name, solver)
+        if device is not None:
+            self.__dict__.update(self.to(device=device).__dict__)
 
     def replace(self, **changes: Any) -> LinearPhysics:
         """A copy with some attributes replaced (the original is left untouched).

@@ -320,6 +320,7 @@ class Blur(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         require_real("Blur", "filter", filter)
         if filter.dim() == 2:
@@ -333,7 +334,7 @@ class Blur(LinearPhysics):
             raise ValueError(f"Blur: padding must be one of {PADDINGS}, got {padding!r}.")
         self.filter = filter
         self.padding = padding
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_real(api, name, x)

@@ -73,6 +73,7 @@ class BlurFFT(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         require_real("BlurFFT", "filter", filter)
         if filter.dim() == 2:
@@ -92,7 +93,7 @@ class BlurFFT(LinearPhysics):
             )
         self.filter = filter
         self.img_size = img_size
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     def _check(self, api: str, name: str, x: torch.Tensor) -> None:
         require_image(api, name, x)

@@ -83,10 +83,11 @@ class Denoising(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         if noise_model is _DEFAULT:
             noise_model = GaussianNoise(DEFAULT_NOISE_LEVEL)
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return require_tensor("Denoising.A", "x", x)
@@ -176,6 +177,7 @@ class Inpainting(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         if _is_shape(mask) and not _is_shape(img_size):  # DeepInverse's (img_size, mask)
             mask, img_size = img_size, mask  # type: ignore[assignment]
@@ -189,7 +191,7 @@ class Inpainting(LinearPhysics):
             mask = mask.to(torch.get_default_dtype())
         require_real("Inpainting", "mask", mask)
         self.mask = mask
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     def _mask_for(self, api: str, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         require_tensor(api, name, x)

@@ -262,6 +262,7 @@ class MRI(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         api = type(self).__name__
         if not isinstance(three_d, bool):
@@ -270,7 +271,7 @@ class MRI(LinearPhysics):
         if mask is None:
             mask = _default_mask(api, img_size, self._spatial)
         self.mask = self._prepare_mask(api, _real_mask(api, mask))
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     @property
     def _spatial(self) -> int:
@@ -404,6 +405,7 @@ class DynamicMRI(MRI):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__(
             mask,
@@ -414,6 +416,7 @@ class DynamicMRI(MRI):
             tol=tol,
             implicit_backward_solver=implicit_backward_solver,
             solver=solver,
+            device=device,
         )
 
     three_d = False
@@ -503,6 +506,7 @@ class MultiCoilMRI(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        device: torch.device | str | None = None,
     ) -> None:
         api = "MultiCoilMRI"
         if not isinstance(three_d, bool):
@@ -554,7 +558,7 @@ class MultiCoilMRI(LinearPhysics):
             )
         _check_mask_fits_maps(api, self.mask, coil_maps, sp)
         self.coil_maps = coil_maps
-        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
+        self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver, device)
 
     @property
     def _spatial(self) -> int:
