@@ -423,11 +423,11 @@ def _normal_setup(
     b: PyTree,
     opts: _Options,
     options: dict[str, Any],
-    transpose: bool = True,
+    rmatvec: Callable[[PyTree], PyTree] | None = None,
 ) -> tuple[Callable[[PyTree], PyTree], PyTree]:
-    """Validate a least-squares solve of a possibly non-square ``A`` and return ``Aᵀ``
-    (from ``torch.func.vjp`` of the linear ``matvec``; with ``transpose=False`` a plain call
-    checks the shapes and no ``Aᵀ`` is built) and an example of the unknown."""
+    """Validate a least-squares solve of a possibly non-square ``A`` and return ``Aᵀ`` and an
+    example of the unknown: the given ``rmatvec`` (a plain call of ``matvec`` checks the
+    shapes), else ``torch.func.vjp`` of the linear ``matvec``."""
     _check_options(name, options, _COMMON)
     b_leaves = tree.leaves(b)
     _check_args(name, matvec, b_leaves, opts.rtol, opts.atol, opts.maxiter, False, opts.batched)
@@ -437,10 +437,11 @@ def _normal_setup(
     example = tree.zeros_like(b) if init is None else tree.zeros_like(init)
     what = "b" if init is None else "init"
     try:
-        if transpose:
+        if rmatvec is None:
             out, vjp_fn = _first_call(name, lambda e: torch.func.vjp(matvec, e), example, what)
+            rmatvec = lambda y: vjp_fn(y)[0]  # noqa: E731
         else:
-            out, vjp_fn = _first_call(name, matvec, example, what), None
+            out = _first_call(name, matvec, example, what)
     except TypeError:
         raise
     except Exception as err:  # noqa: BLE001 - re-raised with guidance
@@ -463,9 +464,5 @@ def _normal_setup(
                 f"{name}: matvec returns {o.dtype} for b of dtype {bb.dtype}; the operator and "
                 f"b must share a dtype: convert b with b.to({o.dtype}) or the operator."
             )
-
-    def rmatvec(y: PyTree) -> PyTree:
-        assert vjp_fn is not None
-        return vjp_fn(y)[0]
 
     return rmatvec, example

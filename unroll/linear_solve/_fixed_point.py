@@ -14,6 +14,7 @@ from unroll._failure import (
 )
 from unroll._typing import PyTree
 from unroll.fixed_point import (
+    _FP_REMEDY,
     FixedPointInfo,
     _anderson,
     _check_anderson,
@@ -107,8 +108,9 @@ def _linear_finish(
     maxiter: int,
     on_failure: str,
     return_info: bool,
+    remedy: str = _FP_REMEDY,
 ):
-    report_fixed_point(name, info, thresh, maxiter, on_failure)
+    report_fixed_point(name, info, thresh, maxiter, on_failure, remedy)
     if return_info:
         return z, SolveInfo(info.num_iter, info.residual, info.converged, info.reason)
     return z
@@ -309,7 +311,4 @@ def solve_neumann(
         "lower alpha (below 2/λ_max for a positive-definite A), add ridge=..., or use "
         "solve_cg / solve_gmres"
     )
-    report_fixed_point(name, info, thresh, maxiter, on_failure, remedy)
-    if return_info:
-        return z, SolveInfo(info.num_iter, info.residual, info.converged, info.reason)
-    return z
+    return _linear_finish(name, z, info, thresh, maxiter, on_failure, return_info, remedy)

@@ -107,8 +107,7 @@ def solve_lsqr(
     opts = _Options(init, ridge, rtol, atol, maxiter, batched, return_info, check_every, on_failure)
     if rmatvec is not None and not callable(rmatvec):
         raise TypeError(f"{name}: rmatvec must be callable y -> Aᵀ y or None.")
-    adjoint, example = _normal_setup(name, matvec, b, opts, options, rmatvec is None)
-    rmatvec = adjoint if rmatvec is None else rmatvec
+    rmatvec, example = _normal_setup(name, matvec, b, opts, options, rmatvec)
     x_leaves, x_spec = tree.flatten(example if init is None else init)
     b_leaves = tree.leaves(b)
     if ridge is not None and not isinstance(ridge, torch.Tensor) and ridge < 0:
