@@ -27,6 +27,7 @@ __all__ = [
     "try_bool",
     "host_max",
     "host_values",
+    "host_mins",
 ]
 
 
@@ -95,3 +96,16 @@ def host_values(t: torch.Tensor) -> list[float]:
     """All values of ``t`` (flattened) as Python floats; inside ``vmap`` those of the whole
     underlying batch."""
     return unwrap(t).reshape(-1).tolist()
+
+
+def host_mins(values: list[torch.Tensor]) -> list[float]:
+    """The least element of each tensor, read on the host (inside ``vmap``: over the whole
+    underlying batch); plain 0-dim tensors are read directly, without a stacking op."""
+    if values[0].dim() == 0 and not is_transformed(values[0]):
+        return [v.item() for v in values]
+    if values[0].dim() > 0:  # per-sample: the least over the batch
+        values = [v.amin() for v in values]
+    stats = torch.stack(values)
+    if is_transformed(stats):
+        stats = unwrap(stats).reshape(-1, len(values)).amin(0)
+    return stats.tolist()

@@ -50,7 +50,7 @@ from unroll._failure import (
     report_reasons,
 )
 from unroll._host import host_any as _host_any
-from unroll._host import host_any_nonfinite, host_max, is_transformed, unwrap
+from unroll._host import host_any_nonfinite, host_max, host_mins, unwrap
 from unroll._typing import PyTree
 
 __all__ = [
@@ -290,19 +290,6 @@ def _stop_rule(stop_mode: str, tol: float, batched: bool) -> _Stop:
 _MAX_GAP = 64
 
 
-def _host_mins(values: list[torch.Tensor]) -> list[float]:
-    """The least element of each tensor, read on the host (inside ``vmap``: over the whole
-    underlying batch); plain 0-dim tensors are read directly, without a stacking op."""
-    if values[0].dim() == 0 and not is_transformed(values[0]):
-        return [v.item() for v in values]
-    if values[0].dim() > 0:  # per-sample: the least over the batch
-        values = [v.amin() for v in values]
-    stats = torch.stack(values)
-    if is_transformed(stats):
-        stats = unwrap(stats).reshape(-1, len(values)).amin(0)
-    return stats.tolist()
-
-
 def _quiet(r: torch.Tensor, thr: Any, size: torch.Tensor, limit: torch.Tensor) -> float | None:
     """The fast path of :meth:`_Checks.record`: the worst residual / tolerance when at this
     check no problem converged (``r > thr``) nor failed (``size ≤ limit``, so not NaN) and
@@ -314,7 +301,7 @@ def _quiet(r: torch.Tensor, thr: Any, size: torch.Tensor, limit: torch.Tensor) -
     margins = [r - thr, limit - size] if thr else [r, limit - size]
     if thr:
         margins.append(r / -thr)
-    low, room, *neg = _host_mins(margins)
+    low, room, *neg = host_mins(margins)
     worst = -neg[0] if thr else math.inf
     return worst if low > 0 and room >= 0 and worst > 1 else None
 
