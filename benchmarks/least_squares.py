@@ -9,7 +9,9 @@ flow to ``z`` and ``γ``. Measured, in one run with interleaved repeats (medians
 * bytes of tensors saved for backward (``torch.autograd.graph.saved_tensors_hooks``);
 * CG iterations of the forward and the backward solves;
 * the same at equal work (``tol=0``: exactly 100 forward + 100 backward iterations), giving
-  the per-iteration cost ratio.
+  the per-iteration cost ratio;
+* ``unroll_exact``: the default ``Blur`` prox of this separable (Gaussian) kernel, exact by
+  Kronecker eigendecomposition instead of CG (the CG cases pass ``separable_prox=False``).
 
 DeepInverse is used when importable (``bench`` extra; ``/work/shared/anchors`` shim for its
 torchvision import); otherwise only unroll's figures are printed.
@@ -91,12 +93,18 @@ def make_cases(args, dinv, tol: float) -> dict[str, Callable[[], tuple]]:
     B, C, N = args.batch, 3, args.size
     kernel = up.gaussian_blur(2.5)
     x = torch.rand(B, C, N, N)
-    ours = {
+    ours: dict[Any, Any] = {
         imp: up.Blur(
-            kernel, padding="valid", max_iter=args.max_iter, tol=tol, implicit_backward_solver=imp
+            kernel,
+            padding="valid",
+            max_iter=args.max_iter,
+            tol=tol,
+            implicit_backward_solver=imp,
+            separable_prox=False,  # CG against CG
         )
         for imp in (True, False)
     }
+    ours["exact"] = up.Blur(kernel, padding="valid")  # Gaussian: separable, exact prox
     y = ours[True].A(x) + 0.01 * torch.randn(
         B, C, N - kernel.shape[-1] + 1, N - kernel.shape[-1] + 1
     )
@@ -122,6 +130,7 @@ def make_cases(args, dinv, tol: float) -> dict[str, Callable[[], tuple]]:
     for imp in (True, False):
         name = "unroll_" + ("implicit" if imp else "explicit")
         cases[name] = runner(lambda z, g, p=ours[imp]: p.prox_l2(z, y, g))
+    cases["unroll_exact"] = runner(lambda z, g, p=ours["exact"]: p.prox_l2(z, y, g))
     if dinv is not None:
         dk = dinv.physics.functional.blur.gaussian_blur(sigma=(2.5, 2.5))
         assert torch.allclose(dk, kernel, atol=1e-6), "kernels differ"
@@ -221,9 +230,24 @@ def main() -> None:
             d["unroll_implicit"]["saved_bytes"] / d["deepinv_implicit"]["saved_bytes"]
         )
         ratios["h_rel_diff_vs_deepinv"] = rel(d["unroll_implicit"]["h"], d["deepinv_implicit"]["h"])
+        ratios["exact_time_vs_deepinv_implicit"] = (
+            d["unroll_exact"]["time_ms"] / d["deepinv_implicit"]["time_ms"]
+        )
+        ratios["exact_h_rel_diff_vs_deepinv"] = rel(
+            d["unroll_exact"]["h"], d["deepinv_implicit"]["h"]
+        )
+        ratios["exact_grad_z_rel_diff_vs_deepinv"] = rel(
+            d["unroll_exact"]["gz"], d["deepinv_implicit"]["gz"]
+        )
         ratios["grad_z_rel_diff_vs_deepinv"] = rel(
             d["unroll_implicit"]["gz"], d["deepinv_implicit"]["gz"]
         )
+    ratios["exact_vs_implicit_cg_time"] = (
+        default["unroll_exact"]["time_ms"] / default["unroll_implicit"]["time_ms"]
+    )
+    ratios["exact_h_rel_diff_vs_cg_1e-8"] = rel(
+        default["unroll_exact"]["h"], default["unroll_implicit"]["h"]
+    )
     ratios["implicit_vs_explicit_time"] = (
         default["unroll_implicit"]["time_ms"] / default["unroll_explicit"]["time_ms"]
     )

@@ -328,7 +328,9 @@ def test_training_loop_with_unconverged_prox_warns_once_per_cause():
         max_iter=2,
         trainable_params=["stepsize"],
     )
-    blur = physics.Blur(physics.gaussian_blur(1.5), padding="valid", max_iter=2, tol=1e-10)
+    blur = physics.Blur(
+        physics.gaussian_blur(1.5), padding="valid", max_iter=2, tol=1e-10, separable_prox=False
+    )
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.rand(2, 1, 20, 20)
 

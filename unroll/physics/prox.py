@@ -35,7 +35,13 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from unroll import tree
-from unroll._failure import SolveInfo, check_on_failure, report_failure
+from unroll._failure import (
+    CONVERGED,
+    NON_FINITE,
+    SolveInfo,
+    check_on_failure,
+    report_failure,
+)
 from unroll._host import host_any, is_transformed
 from unroll._typing import LinearOperator
 from unroll.linear_solve import solve_bicgstab, solve_cg, solve_lsqr, solve_minres
@@ -512,12 +518,63 @@ def _differentiable(physics: LinearOperator) -> bool:
     )
 
 
-def _prox_solver(settings: _Settings, diff_physics: bool, normal_op, direct=None):
+def _prox_solver(settings: _Settings, diff_physics: bool, normal_op, direct=None, forward=None):
+    """The implicitly differentiated prox: ``forward(init, z, y, γ, physics) -> (h, info)``
+    (default: :func:`_prox_cg`), its backward ``direct`` or the settings' Krylov method."""
     argnums = (1, 2, 3, 4) if diff_physics else (1, 2, 3)
     solve = _backward_solve(settings, normal_op, direct=direct)
-    return _implicit(_prox_residual, argnums, solve, settings)(
-        functools.partial(_prox_cg, settings=settings)
+    run = functools.partial(_prox_cg, settings=settings) if forward is None else forward
+    return _implicit(_prox_residual, argnums, solve, settings)(run)
+
+
+def direct_prox(
+    physics: LinearOperator,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    gamma: torch.Tensor,
+    solve,
+    rhs_adjoint,
+    on_failure: str | None,
+) -> torch.Tensor:
+    r"""The prox :math:`h = (A^\top A + I/\gamma)^{-1}(A^\top y + z/\gamma)` by an exact solve,
+    differentiated implicitly as :func:`least_squares` is.
+
+    Args:
+        physics: the operator (its tensors are differentiated through the optimality
+            condition, never through ``solve``).
+        z, y: prox centre and measurements (validated by the caller); gamma: a 0-dim or
+            per-sample ``(B,)`` tensor, validated.
+        solve: ``(v, 1/γ) ↦ (A^\top A + I/γ)^{-1} v`` from detached tensors (``1/γ`` shaped
+            to broadcast against ``v``).
+        rhs_adjoint: ``y ↦ A^\top y``, the same operator as ``physics.A_adjoint`` (a faster
+            form of it).
+        on_failure: the policy for NaN/Inf in the result (``None``: ``"warn"``).
+
+    A first-order backward applies ``solve`` to the cotangent; higher orders run the physics'
+    Krylov method on the differentiable linearisation (as the CG prox does).
+    """
+    settings = _settings(physics, None, None, on_failure or "warn")
+    inv_g = 1 / expand_per_sample(gamma.detach(), z)
+
+    def exact(v: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
+        h = solve(v, inv_g)
+        finite = torch.isfinite(h).flatten(1).all(1)
+        none = torch.zeros_like(finite, dtype=torch.long)
+        reason = torch.where(finite, CONVERGED, NON_FINITE)
+        residual = torch.where(finite, 0.0, math.nan).to(real_dtype(h))
+        return h, SolveInfo(none, residual, finite, reason)
+
+    def forward(init, z, y, gamma, physics) -> tuple[torch.Tensor, SolveInfo]:
+        return exact(torch.addcmul(rhs_adjoint(y), z, inv_g))
+
+    normal = _fast_normal_op(physics, gamma, (y, z))
+    run = _prox_solver(settings, _differentiable(physics), normal, exact, forward)
+    h, info = run(z, z, y, gamma, physics)
+    # only NaN/Inf can fail here (maxiter=1 names no iteration cap and costs no host read)
+    report_failure(
+        f"{_API} (forward)", info, settings.on_failure, remedy=_FORWARD_REMEDY, maxiter=1
     )
+    return h
 
 
 def _pinv_solver(settings: _Settings, diff_physics: bool, normal_op):
