@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unroll._failure import check_on_failure, report_change
@@ -477,10 +478,10 @@ def _tv_prox(
     q, t = p, 1.0
     change, done, k = no_change, tol == 0, 0
     while k < n_it_max:
-        u = x - gamma * grad_adjoint(q)
-        p_new = _project_unit(q + image_gradient(u) / step_den)
+        u = _axpy(x, gamma, _divergence(q))  # x − γ ∇ᵀq
+        p_new = _project_unit(_axpy(q, 1 / step_den, image_gradient(u)))
         t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        q = p_new + ((t - 1) / t_new) * (p_new - p)
+        q = torch.lerp(p, p_new, 1 + (t - 1) / t_new)  # p_new + (t − 1)/t_new (p_new − p)
         k += 1
         if tol > 0 and (k % _TV_CHECK_EVERY == 0 or k == n_it_max):
             change = _relative_change(x, gamma, p_new, p)
@@ -566,23 +567,33 @@ class TVPrior(Prior):
 
 def image_gradient(x: Tensor) -> Tensor:
     """Forward differences over the last two dims, stacked ``(2, *x.shape)``, zero at the end."""
-    dh = torch.cat([x[..., 1:, :] - x[..., :-1, :], torch.zeros_like(x[..., :1, :])], dim=-2)
-    dw = torch.cat([x[..., :, 1:] - x[..., :, :-1], torch.zeros_like(x[..., :, :1])], dim=-1)
+    dh = F.pad(torch.diff(x, dim=-2), (0, 0, 0, 1))
+    dw = F.pad(torch.diff(x, dim=-1), (0, 1))
     return torch.stack([dh, dw])
 
 
 def grad_adjoint(p: Tensor) -> Tensor:
     """The adjoint of :func:`image_gradient` (minus the discrete divergence)."""
-    ph, pw = p[0], p[1]
-    ph = torch.cat([ph[..., :-1, :], torch.zeros_like(ph[..., :1, :])], dim=-2)
-    pw = torch.cat([pw[..., :, :-1], torch.zeros_like(pw[..., :, :1])], dim=-1)
-    sh = torch.cat([torch.zeros_like(ph[..., :1, :]), ph[..., :-1, :]], dim=-2)
-    sw = torch.cat([torch.zeros_like(pw[..., :, :1]), pw[..., :, :-1]], dim=-1)
-    return (sh - ph) + (sw - pw)
+    return -_divergence(p)
+
+
+def _divergence(p: Tensor) -> Tensor:
+    """``−∇ᵀp``: backward differences of ``p`` with its last row (column) taken as zero."""
+    ph = F.pad(p[0][..., :-1, :], (0, 0, 1, 1))
+    pw = F.pad(p[1][..., :, :-1], (1, 1))
+    return torch.diff(ph, dim=-2) + torch.diff(pw, dim=-1)
+
+
+def _axpy(x: Tensor, a: float | Tensor, d: Tensor) -> Tensor:
+    """``x + a d`` in one operation (``a`` a number or a tensor broadcastable to ``x``)."""
+    if isinstance(a, Tensor):
+        return torch.addcmul(x, a, d)
+    return torch.add(x, d, alpha=a)
 
 
 def _project_unit(p: Tensor) -> Tensor:
-    """``p / max(‖p‖, 1)`` per pixel, as ``p / sqrt(max(‖p‖², 1))``: the same values, but no
+    """``p / max(‖p‖, 1)`` per pixel, as ``p · rsqrt(max(‖p‖², 1))``: the same values, but no
     ``sqrt`` at 0 (whose infinite derivative made gradients w.r.t. ``γ`` NaN)."""
-    norm_sq = p.abs().square().sum(0, keepdim=True)
-    return p / torch.clamp(norm_sq, min=1.0).sqrt()
+    mag = p.abs() if p.is_complex() else p
+    norm_sq = mag.square().sum(0, keepdim=True)
+    return p * torch.clamp(norm_sq, min=1.0).rsqrt()
