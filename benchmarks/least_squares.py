@@ -11,7 +11,9 @@ flow to ``z`` and ``γ``. Measured, in one run with interleaved repeats (medians
 * the same at equal work (``tol=0``: exactly 100 forward + 100 backward iterations), giving
   the per-iteration cost ratio;
 * ``unroll_exact``: the default ``Blur`` prox of this separable (Gaussian) kernel, exact by
-  Kronecker eigendecomposition instead of CG (the CG cases pass ``separable_prox=False``).
+  Kronecker eigendecomposition instead of CG (the CG cases pass ``separable_prox=False``);
+* the demo's prox (replicate padding, σ = 1.5, 8×3×40×40, γ = 20, CG ``tol=1e-4``): exact vs
+  CG time and the CG result's relative error.
 
 DeepInverse is used when importable (``bench`` extra; ``/work/shared/anchors`` shim for its
 torchvision import); otherwise only unroll's figures are printed.
@@ -173,6 +175,38 @@ def measure(args, dinv, counter: IterCounter, tol: float) -> dict[str, dict[str,
     return results
 
 
+def demo_problem(repeats: int) -> dict[str, float]:
+    """The demo's prox (``python -m unroll demo``): replicate padding, σ = 1.5, 8×3×40×40,
+    γ = 20, CG ``tol=1e-4`` (the demo's settings), forward + backward; exact vs CG."""
+    torch.manual_seed(0)
+    kernel = up.gaussian_blur(1.5)
+    ops = {
+        "exact": up.Blur(kernel, padding="replicate", max_iter=50, tol=1e-4),
+        "cg": up.Blur(kernel, padding="replicate", max_iter=50, tol=1e-4, separable_prox=False),
+    }
+    x = torch.rand(8, 3, 40, 40)
+    y = ops["exact"].A(x) + 0.03 * torch.randn_like(x)
+    z0, proj = torch.rand_like(x), torch.randn_like(x)
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    outs = {}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, op in ops.items():
+            z = z0.clone().requires_grad_()
+            gamma = torch.tensor(20.0, requires_grad=True)
+            t0 = time.perf_counter()
+            h = op.prox_l2(z, y, gamma)
+            (h * proj).sum().backward()
+            times[name].append(time.perf_counter() - t0)
+            outs[name] = h.detach()
+    ms = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
+    return {
+        "exact_ms": ms["exact"],
+        "cg_ms": ms["cg"],
+        "exact_vs_cg_time": ms["exact"] / ms["cg"],
+        "cg_h_rel_error": rel(outs["cg"], outs["exact"]),
+    }
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -255,6 +289,7 @@ def main() -> None:
         default["unroll_implicit"]["gz"], default["unroll_explicit"]["gz"]
     )
     summary["ratios"] = ratios
+    summary["demo_problem"] = demo = demo_problem(args.repeats)
     print(json.dumps(summary))
 
     print()
@@ -267,6 +302,9 @@ def main() -> None:
             )
     print()
     for k, v in ratios.items():
+        print(f"{k:<48}{v:>10.3g}")
+    print("\nthe demo's prox (replicate, σ=1.5, 8×3×40×40, γ=20, CG tol 1e-4):")
+    for k, v in demo.items():
         print(f"{k:<48}{v:>10.3g}")
 
 
