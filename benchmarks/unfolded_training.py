@@ -5,7 +5,9 @@ per-iteration ``stepsize`` and ``g_param`` trainable, ``Blur(gaussian_blur(2.5),
 padding="valid")`` with ``GaussianNoise(0.1)``, CG ``max_iter=100``, ``tol=1e-8``, batch
 8×3×32×32 (float32), Adam (lr 5e-4). Full backpropagation through CG ("explicit") vs the
 closed-form implicit backward of the least-squares prox ("implicit"), side by side, one
-thread, interleaved repeats, medians. Measured in one run:
+thread, interleaved repeats, medians. unroll's CG prox is used throughout
+(``separable_prox=False``: its default exact prox of this separable kernel has no CG to compare;
+see ``least_squares.py``). Measured in one run:
 
 * time per training step (zero_grad, forward, MSE, backward, Adam step);
 * bytes of tensors saved for backward (``saved_tensors_hooks``) and peak RSS (a fresh
@@ -136,6 +138,7 @@ def ours(implicit: bool, cg_iter: int, tol: float, x, y) -> Case:
         max_iter=cg_iter,
         tol=tol,
         implicit_backward_solver=implicit,
+        separable_prox=False,  # CG against DeepInverse's CG (the Gaussian has an exact prox)
     )
     torch.manual_seed(42)
     prior = PnP(denoiser=DnCNN(depth=7, pretrained=None))

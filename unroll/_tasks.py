@@ -29,9 +29,10 @@ MODELS = ("unfolded", "varnet", "modl")
 #: learned γ, is a strong (Wiener-like) deconvolution that the DnCNN then cleans up — in this
 #: budget 1000 steps of one iteration beat 400 of three (measured: +1.35 against +1.15 dB over
 #: TV; lr 1e-3: +1.42, 1200 steps: +1.50; with the exact separable prox, 1400 / 1600 / 1800
-#: steps: +1.55 / +1.62 / +1.65 on seed 0, 1600 steps in 63 s); inpainting: a smoothing prior step and DRS (whose
-#: output is the data-consistent iterate) make the untrained network already fill the missing pixels
-#: (identity-initialised HQS started at 10 dB and lost to TV by 6 dB); denoising: one
+#: steps: +1.55 / +1.62 / +1.65 on seed 0, 1600 steps in 63 s); inpainting: a smoothing
+#: prior step and DRS (whose output is the data-consistent iterate) make the untrained network
+#: already fill the missing pixels (identity-initialised HQS started at 10 dB and lost to TV by
+#: 6 dB); denoising: one
 #: iteration (a DnCNN on the measurement) is five times cheaper per step, so it gets four
 #: times the epochs.
 RECIPES: dict[str, dict[str, Any]] = {
