@@ -9,8 +9,10 @@ factor=2)`` (σ = 2, a 15×15 kernel), images 8×3×64×64 (float32),
 for each boundary condition DeepInverse's ``Downsampling`` supports:
 
 * ``circular``: a closed form in both libraries (Zhao et al., 2016; FFTs, no iterations);
-* ``valid``, ``reflect``, ``replicate``: conjugate gradient in both (``max_iter=100``,
-  ``tol=1e-8``, implicit backward).
+* ``valid``, ``reflect``, ``replicate``: conjugate gradient in DeepInverse (``max_iter=100``,
+  ``tol=1e-8``, implicit backward); in unroll the exact prox of a separable filter by default
+  (``unroll``, Kronecker eigendecomposition) and the same CG (``unroll_cg``,
+  ``separable_prox=False``).
 
 The loss is a fixed random projection of ``h``; gradients flow to ``z`` and ``γ``. Measured in
 one process, one thread, interleaved repeats (medians):
@@ -19,8 +21,8 @@ one process, one thread, interleaved repeats (medians):
   machine) and of the forward alone (median);
 * bytes of tensors saved for backward (``torch.autograd.graph.saved_tensors_hooks``);
 * the largest absolute difference of ``h`` and of the gradients between the two libraries;
-* for the CG paddings, the time at equal work (``tol=0``: exactly ``max_iter`` iterations in
-  the forward and in the backward solve of both), the per-iteration cost ratio.
+* for the CG paddings, ``unroll_cg``'s time at equal work (``tol=0``: exactly ``max_iter``
+  iterations in the forward and in the backward solve of both), the per-iteration cost ratio.
 
 DeepInverse is used when importable (``bench`` extra; ``/work/shared/anchors`` shim for its
 torchvision import); otherwise only unroll's figures are printed.
@@ -80,6 +82,9 @@ def make_cases(args, dinv, padding: str, tol: float) -> dict[str, tuple[Callable
         return run, forward_only
 
     cases = {"unroll": runner(lambda z, g: ours.prox_l2(z, y, g))}
+    if padding != "circular":  # unroll's default is exact there (separable filter); CG too
+        cg = ours.replace(separable_prox=False)
+        cases["unroll_cg"] = runner(lambda z, g: cg.prox_l2(z, y, g))
     if dinv is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -169,13 +174,17 @@ def main() -> None:
                 "grad_z_max_abs_diff": max_diff(u["gz"], d["gz"]),
                 "grad_gamma_rel_diff": float((u["gg"] - d["gg"]).abs() / d["gg"].abs()),
             }
+            if "unroll_cg" in res:
+                c = res["unroll_cg"]
+                entry["ratios"]["cg_time_ratio_vs_deepinv"] = c["time_ms"] / d["time_ms"]
+                entry["ratios"]["cg_h_max_abs_diff"] = max_diff(c["h"], d["h"])
         if dinv is not None and padding != "circular":  # equal work: max_iter CG iterations
             with warnings.catch_warnings():  # tol=0 never converges: expected, not reported
                 warnings.simplefilter("ignore")
                 eq = measure(args, dinv, padding, 0.0, max(3, args.repeats // 3))
             entry["equal_work_tol_0"] = {n: eq[n]["time_ms"] for n in eq}
-            entry["ratios"]["equal_work_time_ratio_vs_deepinv"] = (
-                eq["unroll"]["time_ms"] / eq["deepinv"]["time_ms"]
+            entry["ratios"]["cg_equal_work_time_ratio_vs_deepinv"] = (
+                eq["unroll_cg"]["time_ms"] / eq["deepinv"]["time_ms"]
             )
         summary[padding] = entry
         table.append((padding, res, entry.get("ratios")))
@@ -183,13 +192,13 @@ def main() -> None:
 
     print()
     print(
-        f"{'padding':<10}{'case':<9}{'fwd+bwd ms':>12}{'range':>16}{'fwd ms':>9}{'saved KiB':>11}"
+        f"{'padding':<10}{'case':<11}{'fwd+bwd ms':>12}{'range':>16}{'fwd ms':>9}{'saved KiB':>11}"
     )
     for padding, res, _ in table:
         for name, r in res.items():
             lo, hi = r["time_ms_range"]
             print(
-                f"{padding:<10}{name:<9}{r['time_ms']:>12.2f}{f'{lo:.1f}-{hi:.1f}':>16}"
+                f"{padding:<10}{name:<11}{r['time_ms']:>12.2f}{f'{lo:.1f}-{hi:.1f}':>16}"
                 f"{r['fwd_time_ms']:>9.2f}{r['saved_bytes'] / 1024:>11.1f}"
             )
     for padding, _, ratios in table:

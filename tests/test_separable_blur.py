@@ -171,3 +171,63 @@ def test_the_switch_is_static_pytree_data():
     leaves, spec = tree.flatten(physics)
     assert tree.unflatten(spec, leaves).separable_prox is False
     assert physics.to(torch.float32).separable_prox is False
+
+
+# --------------------------------------------------------------------------- Downsampling
+def dense_downsampling_prox(physics, z, y, gamma):
+    """The dense prox of a single-channel ``Downsampling`` (its matrix built from ``A``)."""
+    H, W = z.shape[-2:]
+    basis = torch.eye(H * W, dtype=D).reshape(H * W, 1, H, W)
+    A = physics.A(basis).reshape(H * W, -1).T
+    out = []
+    for i in range(z.shape[0]):
+        M = A.T @ A + torch.eye(H * W, dtype=D) / gamma[i]
+        rhs = A.T @ y[i, 0].reshape(-1) + z[i, 0].reshape(-1) / gamma[i]
+        out.append(torch.linalg.solve(M, rhs).reshape(H, W))
+    return torch.stack(out)[:, None]
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("filt", ["gaussian", "bicubic", "bilinear"])
+def test_downsampling_prox_is_exact_for_every_padding_and_size(padding, filt):
+    from unroll.physics import Downsampling
+
+    gen = torch.Generator().manual_seed(5)
+    gamma = torch.tensor([0.7, 5.0], dtype=D)
+    for size in ((16, 16), (17, 19)):  # circular 17×19: no Fourier closed form
+        physics = Downsampling((1, *size), filt, 2, padding=padding, dtype=D, max_iter=1)
+        z = torch.rand(2, 1, *size, generator=gen, dtype=D)
+        y = physics.A(torch.rand(z.shape, generator=gen, dtype=D))
+        h = physics.prox_l2(z, y, gamma, on_failure="raise")  # CG could not pass max_iter=1
+        ref = dense_downsampling_prox(physics, z, y, gamma)
+        torch.testing.assert_close(h, ref, rtol=0, atol=1e-12)
+
+
+def test_downsampling_gradients_reach_the_filter():
+    from unroll.physics import Downsampling
+
+    gen = torch.Generator().manual_seed(6)
+    kernel = separable_kernel(4, 3).requires_grad_()
+    z = torch.rand(2, 1, 11, 9, generator=gen, dtype=D, requires_grad=True)
+    gamma = torch.tensor([0.7, 5.0], dtype=D, requires_grad=True)
+    w = torch.randn(z.shape, generator=gen, dtype=D)
+
+    def loss(exact: bool):
+        physics = Downsampling(
+            (1, 11, 9),
+            kernel,
+            3,
+            padding="reflect",
+            separable_prox=exact,
+            tol=1e-13,
+            max_iter=1000,
+        )
+        y = physics.A(torch.ones(z.shape, dtype=D)).detach()
+        return (physics.prox_l2(z, y, gamma) * w).sum()
+
+    exact = torch.autograd.grad(loss(True), (kernel, z, gamma))
+    by_cg = torch.autograd.grad(loss(False), (kernel, z, gamma))  # CG to 1e-13
+    for a, b in zip(exact, by_cg):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    with pytest.raises(TypeError, match="^Downsampling: separable_prox must be True or False"):
+        Downsampling((1, 8, 8), "gaussian", 2, separable_prox=1)

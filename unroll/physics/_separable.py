@@ -8,7 +8,8 @@ rows and columns independently; with any boundary condition of :class:`~unroll.p
           A = A_h \otimes A_w,
 
 where :math:`A_h` (:math:`H' \times H`) pads a column and convolves it with :math:`u`, and
-:math:`A_w` (:math:`W' \times W`) does the same to a row with :math:`v`. Then
+:math:`A_w` (:math:`W' \times W`) does the same to a row with :math:`v` (a decimation after the
+blur, as in :class:`~unroll.physics.Downsampling`, keeps every ``f``-th row of each). Then
 :math:`A^\top A = N_h \otimes N_w` with the small symmetric :math:`N_h = A_h^\top A_h` and
 :math:`N_w = A_w^\top A_w`; from their eigendecompositions :math:`N = U \Lambda U^\top`,
 
@@ -51,6 +52,10 @@ class Kronecker(NamedTuple):
     u_w: torch.Tensor
     lam_w: torch.Tensor
 
+    def out_size(self) -> tuple[int, int]:
+        """``(H', W')``, the spatial size of ``A x``."""
+        return self.a_h.shape[-2], self.a_w.shape[-2]
+
 
 def rank_one_factors(kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(u, v)`` with ``kernel[..., i, j] = u[..., i] v[..., j]`` (in float64) when every 2-D
@@ -87,11 +92,14 @@ def factorise(
     factors: tuple[torch.Tensor, torch.Tensor],
     axes: tuple[tuple[int, int, int, torch.Tensor | None], ...],
     like: torch.Tensor,
+    stride: int = 1,
 ) -> Kronecker:
     """The :class:`Kronecker` factorisation from the float64 ``factors`` of
     :func:`rank_one_factors` and, per image axis (rows, then columns), ``(n, before, after,
-    index)`` as :func:`axis_operator` takes them; cast to ``like``'s dtype and device."""
-    mats = [axis_operator(f, *axis) for f, axis in zip(factors, axes)]
+    index)`` as :func:`axis_operator` takes them, keeping every ``stride``-th output sample
+    (a decimation after the blur, as :class:`~unroll.physics.Downsampling`'s); cast to
+    ``like``'s dtype and device."""
+    mats = [axis_operator(f, *axis)[..., ::stride, :] for f, axis in zip(factors, axes)]
     out: list[torch.Tensor] = []
     for a in mats:
         lam, u = torch.linalg.eigh(a.transpose(-1, -2) @ a)

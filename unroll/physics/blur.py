@@ -497,44 +497,61 @@ class Blur(LinearPhysics):
         gamma: torch.Tensor,
         opts: SolveOptions,
     ) -> _separable.Kronecker | None:
-        """The separable factorisation for this call, or ``None`` where CG must run (also when
-        asked to differentiate through the CG iterations)."""
-        filt = self.filter
-        implicit = opts.implicit_backward_solver
-        if (
-            not self.separable_prox
-            or filt.dim() != 4
-            or (opts.solver or self.solver) != "CG"
-            or not (self.implicit_backward_solver if implicit is None else implicit)
-            or not isinstance(y, torch.Tensor)
-            or not is_scalar_or_per_sample(gamma, z)
-            or any(
-                is_transformed(t) or fwAD.unpack_dual(t).tangent is not None
-                for t in (filt, z, y, gamma)
-            )
-        ):
+        """The separable factorisation for this call, or ``None`` where CG must run."""
+        if self.filter.dim() != 4 or not exact_prox_applies(self, z, y, gamma, opts):
             return None
         self._check(api, "x", z)
         self._check(api, "y", y)
-        factors = _separable.rank_one_factors(filt)
-        if factors is None:
-            return None
-        H, W = z.shape[-2:]
-        ks = filt.shape[2:]
-        top, bottom, left, right = _pad_sizes(*ks)
-        if self.padding == "valid":
-            top = bottom = left = right = 0
-        axes = tuple(
-            (n, before, after, _axis_index(n, before, after, self.padding))
-            for n, before, after in ((H, top, bottom), (W, left, right))
-        )
-        expected = (*z.shape[:2], *(n + b + a - k + 1 for (n, b, a, _), k in zip(axes, ks)))
-        if tuple(y.shape) != expected:
+        fac = separable_factorisation(self.filter, z, self.padding)
+        if fac is not None and tuple(y.shape) != (*z.shape[:2], *fac.out_size()):
             raise ValueError(
-                f"{api}: y has shape {tuple(y.shape)}, expected {expected} (the shape of A(z) "
-                f"with padding={self.padding!r}); pass the measurements of images shaped like z."
+                f"{api}: y has shape {tuple(y.shape)}, expected "
+                f"{(*z.shape[:2], *fac.out_size())} (the shape of A(z) with "
+                f"padding={self.padding!r}); pass the measurements of images shaped like z."
             )
-        return _separable.factorise(factors, axes, z)
+        return fac
+
+
+def exact_prox_applies(
+    physics: LinearPhysics, z: torch.Tensor, y: Any, gamma: torch.Tensor, opts: SolveOptions
+) -> bool:
+    """Whether a ``prox_l2`` call may take an exact (non-CG) path: ``separable_prox`` on, the
+    ``"CG"`` solver, an implicit backward, a number / 0-dim / per-sample ``γ`` and no
+    ``torch.func`` transform or forward-mode tangent on the filter, ``z``, ``y`` or ``γ``."""
+    filt = getattr(physics, "filter", None)
+    implicit = opts.implicit_backward_solver
+    return (
+        bool(getattr(physics, "separable_prox", False))
+        and isinstance(filt, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and (opts.solver or physics.solver) == "CG"
+        and (physics.implicit_backward_solver if implicit is None else implicit)
+        and is_scalar_or_per_sample(gamma, z)
+        and not any(
+            is_transformed(t) or fwAD.unpack_dual(t).tangent is not None
+            for t in (filt, z, y, gamma)
+        )
+    )
+
+
+def separable_factorisation(
+    kernel: torch.Tensor, like: torch.Tensor, padding: str, stride: int = 1
+) -> _separable.Kronecker | None:
+    """The Kronecker factorisation of the 2-D blur by ``kernel`` (``(b, c, h, w)``) with
+    ``padding`` on images shaped like ``like``, then a decimation by ``stride``; ``None`` when
+    the kernel is not separable (one host read)."""
+    factors = _separable.rank_one_factors(kernel)
+    if factors is None:
+        return None
+    H, W = like.shape[-2:]
+    top, bottom, left, right = _pad_sizes(*kernel.shape[2:])
+    if padding == "valid":
+        top = bottom = left = right = 0
+    axes = tuple(
+        (n, before, after, _axis_index(n, before, after, padding))
+        for n, before, after in ((H, top, bottom), (W, left, right))
+    )
+    return _separable.factorise(factors, axes, like, stride)
 
 
 def _axis_index(n: int, before: int, after: int, padding: str) -> torch.Tensor | None:

@@ -27,7 +27,10 @@ cotangent ``v`` and :math:`s = D^{-1}Av`, :math:`\bar z = v - A^\top s`, :math:`
 operations instead when the filter needs a gradient or under ``torch.func`` transforms).
 
 Every other case (other paddings, sizes not divisible by ``factor``, a kernel larger than the
-image, a full-shaped ``γ``) uses conjugate gradient through :func:`least_squares`. Without a filter
+image) with a separable filter is exact too, by the Kronecker eigendecomposition of
+:mod:`unroll.physics._separable` (each axis blurs, then keeps every ``f``-th sample); a
+non-separable filter or a full-shaped ``γ`` uses conjugate gradient through
+:func:`least_squares`. Without a filter
 :math:`A^\top A` is a 0/1 mask and the prox is closed form for every padding, size and ``γ``.
 """
 
@@ -42,6 +45,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from unroll._host import is_transformed as _is_transformed
+from unroll.physics import _separable
 from unroll.physics._utils import (
     check_prox_gamma,
     check_solve_options,
@@ -62,10 +66,13 @@ from unroll.physics.blur import (
     _use_fft,
     conv2d,
     conv_transpose2d,
+    exact_prox_applies,
     gaussian_blur,
     pad,
     pad_adjoint,
+    separable_factorisation,
 )
+from unroll.physics.prox import direct_prox
 
 __all__ = ["Downsampling", "bicubic_filter", "bilinear_filter"]
 
@@ -341,8 +348,9 @@ class Downsampling(LinearPhysics):
 
     Its adjoint upsamples with zeros and applies the blur's adjoint. ``prox_l2`` is the
     closed form of Zhao et al. (2016) for ``padding="circular"`` when ``H`` and ``W`` are
-    multiples of ``factor`` (see the module docstring), conjugate gradient
-    (:func:`least_squares`, O(1)-memory implicit backward) otherwise.
+    multiples of ``factor`` (see the module docstring), exact by Kronecker eigendecomposition
+    for a separable filter otherwise (see :meth:`prox_l2`), conjugate gradient
+    (:func:`least_squares`, O(1)-memory implicit backward) for the rest.
 
     Args:
         img_size: ``(C, H, W)`` or ``(H, W)`` of the high-resolution images.
@@ -356,7 +364,11 @@ class Downsampling(LinearPhysics):
         padding: the blur's boundary condition: ``"circular"`` (default), ``"valid"``
             (blurred image of size ``H − h + 1``), ``"reflect"``, ``"replicate"`` or ``"zeros"``.
         dtype: of a named filter (default: torch's default dtype); a tensor filter is converted.
-        noise_model, max_iter, tol, implicit_backward_solver: see :class:`LinearPhysics`.
+        noise_model, max_iter, tol, implicit_backward_solver, solver: see
+            :class:`LinearPhysics`.
+        separable_prox: a separable filter (``"gaussian"``, ``"bilinear"``, ``"bicubic"`` are)
+            gets an exact ``prox_l2`` where the circular closed form does not apply, as
+            :class:`Blur`'s; ``False`` runs CG there.
 
     Measurements have shape ``(B, C, ⌈H'/f⌉, ⌈W'/f⌉)``, ``H' × W'`` the blurred size.
 
@@ -374,7 +386,7 @@ class Downsampling(LinearPhysics):
     """
 
     leaves = ("filter",)
-    static = ("img_size", "factor", "padding")
+    static = ("img_size", "factor", "padding", "separable_prox")
 
     def __init__(
         self,
@@ -390,9 +402,12 @@ class Downsampling(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        separable_prox: bool = True,
     ) -> None:
         api = "Downsampling"
         factor = _check_factor(api, factor)
+        if not isinstance(separable_prox, bool):
+            raise TypeError(f"{api}: separable_prox must be True or False, got {separable_prox!r}.")
         if not isinstance(img_size, (tuple, list, torch.Size)) or len(img_size) not in (2, 3):
             raise ValueError(f"{api}: img_size must be (C, H, W) or (H, W), got {img_size!r}.")
         if not all(
@@ -416,6 +431,7 @@ class Downsampling(LinearPhysics):
         self.img_size = img_size
         self.factor = factor
         self.padding = padding
+        self.separable_prox = separable_prox
         self._init_settings(noise_model, max_iter, tol, implicit_backward_solver, solver)
 
     # ------------------------------------------------------------------ shapes and checks
@@ -586,8 +602,11 @@ class Downsampling(LinearPhysics):
 
         Closed form (Zhao et al., 2016; see the module docstring) for circular padding, ``H``
         and ``W`` multiples of ``factor`` and a number / 0-dim / per-sample ``(B,)`` ``γ``;
-        closed form for every case without a filter; conjugate gradient with the given
-        options otherwise (closed forms validate and ignore them).
+        closed form for every case without a filter; exact for a separable filter (the
+        named ones are) with any other padding or size, under the conditions of
+        :meth:`Blur.prox_l2 <unroll.physics.Blur.prox_l2>` (Kronecker eigendecomposition, the
+        decimation folded into each axis); conjugate gradient with the given options otherwise
+        (closed forms validate and ignore them).
 
         Args:
             z: ``(B, *img_size)``; y: measurements shaped like ``A(z)``; gamma: finite ``> 0``.
@@ -605,9 +624,22 @@ class Downsampling(LinearPhysics):
         gamma = check_prox_gamma(api, gamma, z)
         if self.filter is None:
             return self._mask_prox(z, y, gamma)
-        if not (self._fourier_ok() and is_scalar_or_per_sample(gamma, z)):
+        if self._fourier_ok() and is_scalar_or_per_sample(gamma, z):
+            return self._fourier_prox(z, y, gamma)
+        fac = None
+        if exact_prox_applies(self, z, y, gamma, opts):
+            fac = separable_factorisation(self.filter, z, self.padding, self.factor)
+        if fac is None:
             return self._cg_prox(z, y, gamma, opts)
-        return self._fourier_prox(z, y, gamma)
+        return direct_prox(
+            self,
+            z,
+            y,
+            gamma,
+            lambda v, inv_g: _separable.solve(fac, v, inv_g),
+            lambda t: _separable.adjoint(fac, t),
+            opts.on_failure,
+        )
 
     def _fourier_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The circular closed form. Plain autograd use (no ``torch.func`` transform, no
