@@ -21,9 +21,10 @@ from unroll._host import host_any, unwrap
 SOLVERS = ("CG", "BiCGStab", "lsqr", "minres")
 """The least-squares solvers of :func:`least_squares` (DeepInverse 0.4.1's names)."""
 
-SOLVE_OPTIONS = ("max_iter", "tol", "implicit_backward_solver", "on_failure", "solver")
+SOLVE_OPTIONS = ("max_iter", "tol", "implicit_backward_solver", "on_failure", "solver", "verbose")
 """The per-call options of ``prox_l2`` / ``A_dagger`` (every physics accepts the same names;
-closed forms validate and then ignore them)."""
+closed forms validate and then ignore them; ``verbose=True`` prints a conjugate-gradient
+solve's iterations and residual, DeepInverse's keyword)."""
 
 
 def require_tensor(api: str, name: str, x: object) -> torch.Tensor:
@@ -230,6 +231,7 @@ class SolveOptions(NamedTuple):
     implicit_backward_solver: bool | None
     on_failure: str | None
     solver: str | None = None
+    verbose: bool = False
 
     def least_squares_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`unroll.physics.least_squares` (unset ones left
@@ -261,6 +263,9 @@ def check_solve_options(
     ``**unknown`` options is validated and, with nothing to solve iteratively, ignored)."""
     unknown = dict(unknown or {})
     solver = unknown.pop("solver", solver)
+    verbose = unknown.pop("verbose", False)
+    if not isinstance(verbose, bool):
+        raise TypeError(f"{api}: verbose must be True or False, got {verbose!r}.")
     for key in unknown:
         hint = difflib.get_close_matches(key, SOLVE_OPTIONS, n=1, cutoff=0.5)
         if key in ("maxiter", "max_iters", "num_iter", "n_iter"):
@@ -287,7 +292,12 @@ def check_solve_options(
     if solver is not None:
         solver = check_solver(api, solver)
     return SolveOptions(
-        max_iter, None if tol is None else float(tol), implicit_backward_solver, on_failure, solver
+        max_iter,
+        None if tol is None else float(tol),
+        implicit_backward_solver,
+        on_failure,
+        solver,
+        verbose,
     )
 
 

@@ -238,10 +238,18 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
-        return cast(
-            torch.Tensor,
-            _least_squares(self, y, z, gamma, gamma_checked=True, **opts.least_squares_kwargs()),
+        if not opts.verbose:
+            return cast(
+                torch.Tensor,
+                _least_squares(
+                    self, y, z, gamma, gamma_checked=True, **opts.least_squares_kwargs()
+                ),
+            )
+        h, info = _least_squares(
+            self, y, z, gamma, gamma_checked=True, return_info=True, **opts.least_squares_kwargs()
         )
+        _print_solve(f"{type(self).__name__}.prox_l2", info)
+        return h
 
     def A_dagger(
         self,
@@ -262,7 +270,12 @@ class LinearPhysics:
         opts = check_solve_options(
             api, max_iter, tol, implicit_backward_solver, on_failure, unknown, solver=solver
         )
-        return cast(torch.Tensor, least_squares(self, y, None, None, **opts.least_squares_kwargs()))
+        kwargs = opts.least_squares_kwargs()
+        if not opts.verbose:
+            return cast(torch.Tensor, least_squares(self, y, None, None, **kwargs))
+        x, info = least_squares(self, y, None, None, return_info=True, **kwargs)
+        _print_solve(api, info)
+        return x
 
     # ------------------------------------------------------------------ checks and norms
     def adjointness_test(
@@ -484,3 +497,12 @@ def compose(*operators: LinearPhysics, **settings: Any) -> ComposedPhysics:
     """``compose(A1, A2, ...)``: the operator ``x ↦ A1(A2(...(x)))``; see
     :class:`ComposedPhysics`."""
     return ComposedPhysics(*operators, **settings)
+
+
+def _print_solve(api: str, info) -> None:
+    """``verbose=True``: one line with the CG's iterations and relative residual (the most
+    over the batch), DeepInverse's convergence printout."""
+    iters = int(info.num_iter.max())
+    res = float(info.residual_norm.max())
+    state = "converged" if bool(info.converged.all()) else "did not converge"
+    print(f"{api}: CG {state} after {iters} iteration(s), residual {res:.2e}")

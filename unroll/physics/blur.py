@@ -42,6 +42,8 @@ from unroll.physics.prox import direct_prox
 __all__ = ["Blur", "gaussian_blur", "conv2d", "conv_transpose2d", "conv3d", "conv_transpose3d"]
 
 PADDINGS = ("valid", "circular", "reflect", "replicate", "zeros")
+#: DeepInverse's other name for a padding (``"constant"``: zeros), read as ours.
+PADDING_ALIASES = {"constant": "zeros"}
 
 
 def gaussian_blur(
@@ -295,8 +297,9 @@ class Blur(LinearPhysics):
             pytree leaf: it may require grad or come from a network, and gradients reach it
             through ``A``, ``A_adjoint`` and ``prox_l2`` (implicit or not).
         padding: ``"valid"`` (output smaller than the image), ``"circular"``, ``"reflect"``,
-            ``"replicate"`` or ``"zeros"`` (output the image's size), in 2-D and 3-D alike
-            (DeepInverse 0.4.1 has only ``"valid"`` and ``"circular"`` in 3-D).
+            ``"replicate"`` or ``"zeros"`` (output the image's size; DeepInverse's
+            ``"constant"`` is read as ``"zeros"``), in 2-D and 3-D alike (DeepInverse 0.4.1 has
+            only ``"valid"`` and ``"circular"`` in 3-D).
         noise_model, max_iter, tol, implicit_backward_solver, solver: see
             :class:`LinearPhysics`; they set the conjugate-gradient ``prox_l2``
             (:func:`least_squares`) of a non-separable kernel.
@@ -352,6 +355,7 @@ class Blur(LinearPhysics):
                 f"Blur: filter must have shape (h, w), (b, c, h, w) or, in 3-D, (b, c, d, h, w); "
                 f"got {tuple(filter.shape)}."
             )
+        padding = PADDING_ALIASES.get(padding, padding) if isinstance(padding, str) else padding
         if padding not in PADDINGS:
             raise ValueError(f"Blur: padding must be one of {PADDINGS}, got {padding!r}.")
         self.filter = filter
@@ -487,6 +491,7 @@ class Blur(LinearPhysics):
             lambda v, inv_g: _separable.solve(fac, v, inv_g),
             lambda t: _separable.adjoint(fac, t),
             opts.on_failure,
+            api if opts.verbose else None,
         )
 
     def _kronecker(

@@ -59,6 +59,7 @@ from unroll.physics._utils import (
 )
 from unroll.physics.base import LinearPhysics
 from unroll.physics.blur import (
+    PADDING_ALIASES,
     PADDINGS,
     _index_map,
     _pad_sizes,
@@ -362,7 +363,9 @@ class Downsampling(LinearPhysics):
         factor: the downsampling factor, a positive int.
         device: where a named filter is built (a tensor filter is moved there).
         padding: the blur's boundary condition: ``"circular"`` (default), ``"valid"``
-            (blurred image of size ``H − h + 1``), ``"reflect"``, ``"replicate"`` or ``"zeros"``.
+            (blurred image of size ``H − h + 1``), ``"reflect"``, ``"replicate"`` or ``"zeros"``
+            (DeepInverse's ``"constant"`` is read as ``"zeros"``; without a filter nothing is
+            padded and DeepInverse's ``"same"`` / ``None`` are accepted).
         dtype: of a named filter (default: torch's default dtype); a tensor filter is converted.
         noise_model, max_iter, tol, implicit_backward_solver, solver: see
             :class:`LinearPhysics`.
@@ -414,10 +417,14 @@ class Downsampling(LinearPhysics):
             isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in img_size
         ):
             raise ValueError(f"{api}: img_size must hold positive ints, got {img_size!r}.")
+        kernel = _make_filter(api, filter, factor, device, dtype)
+        if kernel is None and (padding is None or padding == "same"):
+            padding = "circular"  # DeepInverse's values for plain decimation: nothing is padded
+        if isinstance(padding, str):
+            padding = PADDING_ALIASES.get(padding, padding)
         if not isinstance(padding, str) or padding not in PADDINGS:
             extra = _did_you_mean(padding, PADDINGS) if isinstance(padding, str) else ""
             raise ValueError(f"{api}: unknown padding {padding!r}{extra}; use one of {PADDINGS}.")
-        kernel = _make_filter(api, filter, factor, device, dtype)
         img_size = tuple(int(s) for s in img_size)
         if kernel is not None and padding == "valid":
             h, w = kernel.shape[-2:]
@@ -639,6 +646,7 @@ class Downsampling(LinearPhysics):
             lambda v, inv_g: _separable.solve(fac, v, inv_g),
             lambda t: _separable.adjoint(fac, t),
             opts.on_failure,
+            api if opts.verbose else None,
         )
 
     def _fourier_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,9 @@ class GaussianNoise:
         sigma: standard deviation ``σ ≥ 0``, finite: a number, a 0-dim tensor, or a ``(B,)``
             tensor (one level per sample, broadcast over the other dimensions). Checked here
             and whenever ``sigma`` is assigned.
+        rng: a ``torch.Generator`` to draw ``ε`` from (reproducible noise; DeepInverse's
+            keyword); ``None``: torch's global generator. Draws happen on the generator's
+            device and are moved to ``y``'s.
 
     Example:
         >>> import torch
@@ -47,11 +50,17 @@ class GaussianNoise:
         >>> y.shape
         torch.Size([4, 1, 8, 8])
 
-    Under ``torch.func.vmap`` pass ``randomness="different"`` (or ``"same"``).
+    Under ``torch.func.vmap`` pass ``randomness="different"`` (or ``"same"``), and no ``rng``.
     """
 
-    def __init__(self, sigma: float | torch.Tensor = 0.1) -> None:
+    def __init__(self, sigma: float | torch.Tensor = 0.1, rng: torch.Generator | None = None):
+        if rng is not None and not isinstance(rng, torch.Generator):
+            raise TypeError(
+                f"{_API}: rng must be a torch.Generator or None, got {type(rng).__name__}; e.g. "
+                "rng=torch.Generator().manual_seed(0)."
+            )
         self.sigma = sigma
+        self.rng = rng
 
     @property
     def sigma(self) -> float | torch.Tensor:
@@ -63,17 +72,47 @@ class GaussianNoise:
         _check_sigma(value)
         self._sigma = value
 
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        """Return ``y + σ ε`` (a fresh draw of ``ε`` at each call)."""
+    def __call__(
+        self,
+        y: torch.Tensor,
+        sigma: float | torch.Tensor | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Return ``y + σ ε`` (a fresh draw of ``ε`` at each call).
+
+        Args:
+            y: the clean measurements.
+            sigma: a noise level for this call only (default: the object's). DeepInverse
+                stores it as the new level; here the object is left unchanged.
+            seed: re-seed ``rng`` before drawing (DeepInverse's keyword); needs ``rng``.
+        """
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"{_API}: y must be a torch.Tensor, got {type(y).__name__}.")
-        sigma = self._sigma
+        if sigma is None:
+            sigma = self._sigma
+        else:
+            _check_sigma(sigma)
         if isinstance(sigma, torch.Tensor):
             sigma = _fit_sigma(sigma, y)
-        return y + sigma * torch.randn_like(y)
+        return y + sigma * self._draw(y, seed)
+
+    def _draw(self, y: torch.Tensor, seed: int | None) -> torch.Tensor:
+        rng = self.rng
+        if seed is not None:
+            if rng is None:
+                raise ValueError(
+                    f"{_API}: seed={seed!r} needs a generator to seed; create the noise with "
+                    "rng=torch.Generator() (or seed torch.manual_seed yourself)."
+                )
+            rng.manual_seed(seed)
+        if rng is None:
+            return torch.randn_like(y)
+        eps = torch.randn(y.shape, generator=rng, dtype=y.dtype, device=rng.device)
+        return eps.to(y.device)
 
     def __repr__(self) -> str:
-        return f"GaussianNoise(sigma={self._sigma!r})"
+        extra = "" if self.rng is None else f", rng={self.rng!r}"
+        return f"GaussianNoise(sigma={self._sigma!r}{extra})"
 
 
 def _fit_sigma(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,14 +143,16 @@ def _fit_sigma(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _flatten(noise: GaussianNoise):
+    rng = getattr(noise, "rng", None)
     if isinstance(noise.sigma, torch.Tensor):
-        return (noise.sigma,), None
-    return (), noise.sigma
+        return (noise.sigma,), (None, rng)
+    return (), (noise.sigma, rng)
 
 
 def _unflatten(aux, children) -> GaussianNoise:
     obj = GaussianNoise.__new__(GaussianNoise)
-    obj._sigma = children[0] if children else aux  # no host read inside transforms
+    sigma, obj.rng = aux
+    obj._sigma = children[0] if children else sigma  # no host read inside transforms
     return obj
 
 

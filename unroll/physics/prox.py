@@ -535,6 +535,7 @@ def direct_prox(
     solve,
     rhs_adjoint,
     on_failure: str | None,
+    verbose_name: str | None = None,
 ) -> torch.Tensor:
     r"""The prox :math:`h = (A^\top A + I/\gamma)^{-1}(A^\top y + z/\gamma)` by an exact solve,
     differentiated implicitly as :func:`least_squares` is.
@@ -549,6 +550,7 @@ def direct_prox(
         rhs_adjoint: ``y ↦ A^\top y``, the same operator as ``physics.A_adjoint`` (a faster
             form of it).
         on_failure: the policy for NaN/Inf in the result (``None``: ``"warn"``).
+        verbose_name: print one line naming this API and the exact solve (``verbose=True``).
 
     A first-order backward applies ``solve`` to the cotangent; higher orders run the physics'
     Krylov method on the differentiable linearisation (as the CG prox does).
@@ -574,6 +576,8 @@ def direct_prox(
     report_failure(
         f"{_API} (forward)", info, settings.on_failure, remedy=_FORWARD_REMEDY, maxiter=1
     )
+    if verbose_name is not None:
+        print(f"{verbose_name}: exact solve (separable kernel), no CG iterations")
     return h
 
 
