@@ -401,3 +401,36 @@ def test_anderson_with_a_deq_configures_its_forward():
         DEQ=DEQConfig(tol=1e-12, max_iter=200),
     )
     torch.testing.assert_close(model(y, physics), plain(y, physics), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- stopping keywords
+def _stopping_problem():
+    mat = torch.eye(6, dtype=DT)[:4] + 0.1
+    y = torch.rand(2, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
+    return MatrixPhysics(mat, (1, 2, 3)), y
+
+
+def test_deepinverse_stopping_keywords_map_onto_tol():
+    phys, y = _stopping_problem()
+    common = dict(data_fidelity=L2(), prior=Tikhonov(), lambda_reg=LAM, stepsize=1.0, max_iter=3000)
+    ours = PGD(tol=1e-9, **common)(y, phys)
+    theirs = PGD(crit_conv="residual", thres_conv=1e-9, early_stop=True, **common)(y, phys)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
+    # early_stop=False runs every iteration: the same as tol=None, and closer to the solution
+    every = PGD(early_stop=False, thres_conv=1e-2, **common)(y, phys)
+    torch.testing.assert_close(every, PGD(tol=None, **common)(y, phys), rtol=0, atol=0)
+    loose = PGD(thres_conv=1e-2, **common)(y, phys)
+    A = phys.matrix
+    lam = torch.tensor(LAM).item()  # the module holds its hyperparameters in the default dtype
+    exact = torch.linalg.solve(A.T @ A + lam * torch.eye(6, dtype=DT), A.T @ y.T).T
+    err = (every.reshape(2, 6) - exact).abs().max(), (loose.reshape(2, 6) - exact).abs().max()
+    assert err[0] < 1e-10 < err[1], err
+
+
+def test_deepinverse_stopping_keywords_errors():
+    with pytest.raises(ValueError, match=r"^unroll.optim.PGD: crit_conv='cost' is not supported"):
+        PGD(data_fidelity=L2(), prior=Tikhonov(), crit_conv="cost")
+    with pytest.raises(ValueError, match=r"^unroll.optim.HQS: tol=0.001 and thres_conv=0.01"):
+        HQS(data_fidelity=L2(), prior=Tikhonov(), tol=1e-3, thres_conv=1e-2)
+    with pytest.raises(TypeError, match=r"^unroll.optim.DRS: early_stop must be"):
+        DRS(data_fidelity=L2(), prior=Tikhonov(), early_stop="yes")

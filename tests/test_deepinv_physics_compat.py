@@ -95,3 +95,23 @@ def test_noise_generator_errors_and_structure():
     assert physics.to(D).noise_model.rng is rng
     assert isinstance(copy.deepcopy(physics).noise_model.rng, torch.Generator)
     assert "rng=" in repr(physics.noise_model)
+
+
+def test_clone_is_independent_and_differentiable():
+    from unroll.physics import CompressedSensing, Inpainting
+
+    mask = torch.rand(1, 6, 6, dtype=D).requires_grad_()
+    rng = torch.Generator().manual_seed(1)
+    physics = Inpainting(mask, noise_model=GaussianNoise(0.1, rng=rng))
+    twin = physics.clone()
+    assert twin.mask is not physics.mask and twin.mask.data_ptr() != physics.mask.data_ptr()
+    x = torch.rand(2, 1, 6, 6, dtype=D)
+    torch.testing.assert_close(twin.A(x), physics.A(x), rtol=0, atol=0)
+    twin.A(x).sum().backward()  # the clone's gradient reaches the original mask
+    torch.testing.assert_close(mask.grad, x.sum(0), rtol=0, atol=0)
+    torch.testing.assert_close(twin.noise_model(x), physics.noise_model(x), rtol=0, atol=0)
+    assert twin.noise_model.rng is not rng
+    cs = CompressedSensing(8, (1, 4, 4), compute_inverse=True, dtype=D)
+    torch.testing.assert_close(cs.A(cs.A_dagger(cs.A(x[:, :, :4, :4]))), cs.A(x[:, :, :4, :4]))
+    with pytest.raises(TypeError, match="^CompressedSensing: compute_inverse must be"):
+        CompressedSensing(8, (1, 4, 4), compute_inverse=1)

@@ -4,7 +4,10 @@ Each is an :class:`unroll.unfolded.Unfolded` module: ``model(y, physics)``; ``un
 makes the listed ``trainable_params`` learnable (a prior's network is always trainable);
 ``DEQ=DEQConfig(...)`` turns it into a deep-equilibrium model whose ``trainable_params`` are
 learnable too (with or without ``unfold=True``, as in DeepInverse); ``unfold=False`` and no
-``DEQ`` (the default) runs the classical algorithm with early stopping at ``tol``.
+``DEQ`` (the default) runs the classical algorithm with early stopping at ``tol`` (the relative
+change of the iterate; DeepInverse's ``thres_conv=`` is the same threshold,
+``crit_conv="residual"`` its only rule, and ``early_stop=False`` runs all ``max_iter``
+iterations).
 
 Hyperparameters follow DeepInverse's list rule: a number or a tensor of any shape is one value
 shared by all iterations (``g_param=torch.tensor([[1.0]])`` is one non-scalar value); a list
@@ -62,6 +65,9 @@ _KEYWORDS = (
     "g_first",
     "anderson_acceleration",
     "custom_init",
+    "early_stop",
+    "crit_conv",
+    "thres_conv",
 )
 
 
@@ -72,6 +78,36 @@ def _reject_unknown_keywords(api: str, kwargs: dict, known: Sequence[str]) -> No
         match = closest(key, known)
         hint = f" (did you mean '{match}'?)" if match else ""
         raise TypeError(f"{api}: unexpected keyword '{key}'{hint}; known: {list(known)}.")
+
+
+def _stopping_tol(
+    api: str, tol: float | None, early_stop: Any, crit_conv: Any, thres_conv: Any
+) -> float | None:
+    """The early-stopping ``tol`` from unroll's keyword and DeepInverse's: ``thres_conv`` is
+    ``tol`` under its name, ``crit_conv="residual"`` is the only rule (the relative change of
+    the iterate, DeepInverse's ``‖x_k − x_{k−1}‖ / (‖x_k‖ + 1e-6)`` without the 1e-6), and
+    ``early_stop=False`` runs all ``max_iter`` iterations (DeepInverse's default; unroll's
+    default stops at ``tol``)."""
+    if crit_conv != "residual":
+        raise ValueError(
+            f"{api}: crit_conv={crit_conv!r} is not supported; the stopping rule is the relative "
+            "change of the iterate (crit_conv='residual'), its threshold tol= (or thres_conv=)."
+        )
+    if early_stop is not None and not isinstance(early_stop, bool):
+        raise TypeError(f"{api}: early_stop must be True, False or None, got {early_stop!r}.")
+    if thres_conv is not None:
+        if tol not in (None, _DEFAULT_TOL) and tol != thres_conv:
+            raise ValueError(
+                f"{api}: tol={tol!r} and thres_conv={thres_conv!r} name the same threshold; "
+                "pass one of them."
+            )
+        tol = thres_conv
+    if early_stop is False:
+        return None
+    return tol
+
+
+_DEFAULT_TOL = 1e-5
 
 
 class _Optim(Unfolded):
@@ -101,17 +137,21 @@ class _Optim(Unfolded):
         unfold: bool = False,
         trainable_params: Sequence[str] | str | None = None,
         DEQ: DEQConfig | bool | None = None,  # noqa: N803
-        tol: float | None = 1e-5,
+        tol: float | None = _DEFAULT_TOL,
         params_algo: dict | None = None,
         g_first: bool = False,
         anderson_acceleration: AndersonAccelerationConfig | bool | None = None,
         custom_init: PyTree | Callable[[Tensor, PhysicsLike], PyTree] = None,
+        early_stop: bool | None = None,
+        crit_conv: str = "residual",
+        thres_conv: float | None = None,
         **kwargs: Any,
     ):
         name = type(self).__name__
         api = f"unroll.optim.{name}"
         known = [k for k in _KEYWORDS if k not in ("beta", "stepsize_dual") or k in self.extra]
         _reject_unknown_keywords(api, kwargs, known)
+        tol = _stopping_tol(api, tol, early_stop, crit_conv, thres_conv)
         if sigma_denoiser is not _UNSET and g_param is not _UNSET:
             raise ValueError(f"{api}: pass sigma_denoiser or g_param, not both.")
         for key, value in (("beta", beta), ("stepsize_dual", stepsize_dual)):

@@ -12,6 +12,7 @@ call only (use :meth:`LinearPhysics.replace` for a modified copy).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
@@ -322,6 +323,19 @@ class LinearPhysics:
         r""":math:`\|A\|_2` (``squared=False``) or, DeepInverse's deprecated default,
         :math:`\|A^\top A\|_2`; see :func:`unroll.physics.spectral.compute_norm`."""
         return spectral.compute_norm(self, x0, max_iter, tol, verbose, squared, **kwargs)
+
+    # ------------------------------------------------------------------ copies
+    def clone(self) -> LinearPhysics:
+        """An independent copy (DeepInverse's ``clone``): every tensor cloned (a differentiable
+        copy: gradients still reach the original's tensors), the settings copied, a noise
+        generator copied with its state. Plain callables (``LinearPhysics(A, A_adjoint)``) and
+        what they capture are shared."""
+        out = tree.map(torch.clone, self)
+        noise = getattr(out, "noise_model", None)
+        rng = getattr(noise, "rng", None)
+        if rng is not None:
+            noise.rng = copy.deepcopy(rng)  # type: ignore[union-attr]  # the copy's own noise
+        return out
 
     # ------------------------------------------------------------------ precision / device
     def to(

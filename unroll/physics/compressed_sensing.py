@@ -87,6 +87,8 @@ class CompressedSensing(LinearPhysics):
             are drawn exactly as DeepInverse 0.4.1 draws them).
         noise_model, max_iter, tol, implicit_backward_solver: see :class:`LinearPhysics`;
             the dense operator's ``prox_l2`` uses CG.
+        compute_inverse: accepted for DeepInverse's signature; ``A_dagger`` is already the
+            exact pseudo-inverse (computed when called), so it changes nothing.
 
     The dense ``A_dagger`` is the closed form :math:`\Phi^\dagger y` (``torch.linalg.pinv``).
     The one pytree leaf is ``matrix``: ``Φ`` (``(m, n)``, learnable), or for the fast operator
@@ -132,8 +134,13 @@ class CompressedSensing(LinearPhysics):
         tol: float = 1e-5,
         implicit_backward_solver: bool = True,
         solver: str = "CG",
+        compute_inverse: bool = False,
     ) -> None:
         api = "CompressedSensing"
+        if not isinstance(compute_inverse, bool):
+            raise TypeError(
+                f"{api}: compute_inverse must be True or False, got {compute_inverse!r}."
+            )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(
                 f"{api}: seed must be an int, got {seed!r}; pass fast= / channelwise= by keyword."
