@@ -434,3 +434,19 @@ def test_deepinverse_stopping_keywords_errors():
         HQS(data_fidelity=L2(), prior=Tikhonov(), tol=1e-3, thres_conv=1e-2)
     with pytest.raises(TypeError, match=r"^unroll.optim.DRS: early_stop must be"):
         DRS(data_fidelity=L2(), prior=Tikhonov(), early_stop="yes")
+
+
+def test_data_fidelities_are_callable_under_deepinverses_names():
+    from unroll.optim import L1, DataFidelity
+
+    phys = MatrixPhysics(torch.eye(6, dtype=DT)[:4] + 0.1, (1, 2, 3))
+    x = torch.rand(2, 1, 2, 3, dtype=DT)
+    y = torch.rand(2, 4, dtype=DT)
+    r = (x.reshape(2, 6) @ phys.matrix.T - y).abs()
+    for f, ref in (
+        (L2(sigma=0.5), 0.5 * (r**2).sum(1) / 0.25),
+        (L1(), r.sum(1)),
+        (DataFidelity(d=lambda u, v: (u - v).abs().pow(3).sum(1)), (r**3).sum(1)),
+    ):
+        torch.testing.assert_close(f(x, y, phys), ref, rtol=1e-14, atol=0)
+        torch.testing.assert_close(f.fn(x, y, phys), ref, rtol=1e-14, atol=0)

@@ -90,6 +90,13 @@ class L2:
         """Per-sample ``f(x)``."""
         return self.d(physics.A(x), y)
 
+    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
+        return self.value(x, y, physics)
+
+    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        return self.value(x, y, physics)
+
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ(A x − y) / σ²``."""
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
@@ -153,6 +160,13 @@ class L1:
     def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``‖A x − y‖₁``."""
         return self.d(physics.A(x), y)
+
+    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
+        return self.value(x, y, physics)
+
+    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        return self.value(x, y, physics)
 
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """A subgradient ``Aᵀ sign(A x − y)``."""
@@ -368,6 +382,13 @@ class DataFidelity:
     def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``f(x) = d(A x, y)``."""
         return self.d(physics.A(x), y)
+
+    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
+        return self.value(x, y, physics)
+
+    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        return self.value(x, y, physics)
 
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ ∇_u d(A x, y)``."""
