@@ -450,3 +450,21 @@ def test_data_fidelities_are_callable_under_deepinverses_names():
     ):
         torch.testing.assert_close(f(x, y, phys), ref, rtol=1e-14, atol=0)
         torch.testing.assert_close(f.fn(x, y, phys), ref, rtol=1e-14, atol=0)
+
+
+def test_verbose_classical_solver_prints_its_iterations(capsys):
+    phys, y = _stopping_problem()
+    common = dict(data_fidelity=L2(), prior=Tikhonov(), lambda_reg=LAM, stepsize=1.0)
+    PGD(max_iter=7, tol=None, verbose=True, **common)(y, phys)
+    assert capsys.readouterr().out.startswith("PGD: 7 iteration(s), relative change ")
+    PGD(max_iter=7, tol=None, **common)(y, phys)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(TypeError, match=r"^unroll.optim.PGD: verbose must be"):
+        PGD(verbose=1, **common)
+
+
+def test_compressed_sensing_reports_its_dtype():
+    from unroll.physics import CompressedSensing
+
+    assert CompressedSensing(8, (1, 4, 4), dtype=torch.complex128).dtype == torch.complex128
+    assert CompressedSensing(8, (1, 4, 4), dtype=DT).dtype == DT

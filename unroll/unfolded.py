@@ -654,6 +654,12 @@ class Unfolded(nn.Module):
         )
         if self.tol is not None:
             self.has_converged = try_bool(info.converged.all()) is True
+        if getattr(self, "verbose", False):
+            print(
+                f"{type(self).__name__}: {int(info.num_iter)} iteration(s), relative change "
+                f"{float(info.residual.max()):.2e}"
+                + ("" if self.tol is None else f" (tol={self.tol:g})")
+            )
         return x
 
     def apply(

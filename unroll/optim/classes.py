@@ -7,7 +7,7 @@ learnable too (with or without ``unfold=True``, as in DeepInverse); ``unfold=Fal
 ``DEQ`` (the default) runs the classical algorithm with early stopping at ``tol`` (the relative
 change of the iterate; DeepInverse's ``thres_conv=`` is the same threshold,
 ``crit_conv="residual"`` its only rule, and ``early_stop=False`` runs all ``max_iter``
-iterations).
+iterations; ``verbose=True`` prints the iterations run and the final relative change).
 
 Hyperparameters follow DeepInverse's list rule: a number or a tensor of any shape is one value
 shared by all iterations (``g_param=torch.tensor([[1.0]])`` is one non-scalar value); a list
@@ -68,6 +68,7 @@ _KEYWORDS = (
     "early_stop",
     "crit_conv",
     "thres_conv",
+    "verbose",
 )
 
 
@@ -145,6 +146,7 @@ class _Optim(Unfolded):
         early_stop: bool | None = None,
         crit_conv: str = "residual",
         thres_conv: float | None = None,
+        verbose: bool = False,
         **kwargs: Any,
     ):
         name = type(self).__name__
@@ -152,6 +154,8 @@ class _Optim(Unfolded):
         known = [k for k in _KEYWORDS if k not in ("beta", "stepsize_dual") or k in self.extra]
         _reject_unknown_keywords(api, kwargs, known)
         tol = _stopping_tol(api, tol, early_stop, crit_conv, thres_conv)
+        if not isinstance(verbose, bool):
+            raise TypeError(f"{api}: verbose must be True or False, got {verbose!r}.")
         if sigma_denoiser is not _UNSET and g_param is not _UNSET:
             raise ValueError(f"{api}: pass sigma_denoiser or g_param, not both.")
         for key, value in (("beta", beta), ("stepsize_dual", stepsize_dual)):
@@ -187,6 +191,7 @@ class _Optim(Unfolded):
             anderson_acceleration=anderson_acceleration,
             custom_init=custom_init,
         )
+        self.verbose = verbose  # the classical solver prints its iterations (DeepInverse's)
 
     def _take_operator(self, params: dict) -> dict:
         """``params_algo`` without the entries that are options of the iteration (PDCP's

@@ -208,6 +208,11 @@ class CompressedSensing(LinearPhysics):
         return len(self._kept) if self.fast else self.matrix.shape[-2]
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the operator's matrix (or signs): complex for a complex operator."""
+        return self.matrix.dtype
+
+    @property
     def signs(self) -> torch.Tensor:
         """The fast operator's random signs ``s`` (its ``matrix`` leaf)."""
         if not self.fast:
