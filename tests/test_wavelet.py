@@ -329,8 +329,8 @@ def test_prior_errors(kwargs, match):
 
 
 def test_denoiser_errors():
-    with pytest.raises(ValueError, match=r"^unroll\.models\.WaveletDenoiser: .*topk"):
-        WaveletDenoiser(non_linearity="topk")
+    with pytest.raises(ValueError, match=r"^unroll\.models\.WaveletDenoiser: .*'topk'"):
+        WaveletDenoiser(non_linearity="median")
     D = WaveletDenoiser(level=2, wv="haar")
     with pytest.raises(ValueError, match="threshold tensor must have shape"):
         D(rand(2, 1, 8, 8), torch.ones(2, 5, dtype=DT))
@@ -348,3 +348,33 @@ def test_missing_ptwt_names_the_extra(monkeypatch):
         WaveletPrior()
     with pytest.raises(ImportError, match=r"^unroll\.models\.WaveletDenoiser needs ptwt"):
         WaveletDenoiser()
+
+
+def _topk_reference(img: np.ndarray, fraction: float, level: int) -> np.ndarray:
+    """PyWavelets: keep the ⌊fraction·n⌋ largest-modulus coefficients of each detail band."""
+    coeffs = pywt.wavedec2(img, "haar", level=level, mode="zero")
+    out = [coeffs[0]]
+    for bands in coeffs[1:]:
+        kept = []
+        for band in bands:
+            flat = band.ravel()
+            k = int(np.floor(fraction * flat.size))
+            keep = np.zeros(flat.size, dtype=bool)
+            keep[np.argsort(-np.abs(flat), kind="stable")[:k]] = True
+            kept.append(np.where(keep, flat, 0.0).reshape(band.shape))
+        out.append(tuple(kept))
+    return pywt.waverec2(out, "haar", mode="zero")
+
+
+def test_topk_keeps_the_largest_coefficients_of_each_band():
+    D = WaveletDenoiser(level=2, wv="haar", non_linearity="topk")
+    x = torch.randn(2, 1, 16, 16, dtype=DT, generator=torch.Generator().manual_seed(0))
+    fractions = torch.tensor([0.25, 0.5], dtype=DT)
+    out = D(x, fractions)
+    for i, f in enumerate((0.25, 0.5)):
+        ref = _topk_reference(x[i, 0].numpy(), f, 2)
+        np.testing.assert_allclose(out[i, 0].numpy(), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(D(x, 1.0), x, rtol=0, atol=1e-12)  # keep everything
+    coarse = D(x, 0.0)  # no detail kept: the approximation alone
+    ref = _topk_reference(x[0, 0].numpy(), 0.0, 2)
+    np.testing.assert_allclose(coarse[0, 0].numpy(), ref, rtol=0, atol=1e-12)

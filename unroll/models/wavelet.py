@@ -37,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ Tensor = torch.Tensor
 EXTRA_HINT = 'install the optional wavelet extra: pip install "unroll[wavelet]" (ptwt, PyWavelets)'
 MODES = ("zero", "constant", "reflect", "periodic", "symmetric")
 """The boundary modes of ``ptwt``'s convolution transforms."""
-NON_LINEARITIES = ("soft", "hard")
+NON_LINEARITIES = ("soft", "hard", "topk")
 _BANDS = {2: 3, 3: 7}
 _KEYS_3D = ("aad", "ada", "add", "daa", "dad", "dda", "ddd")
 
@@ -228,7 +229,10 @@ def band_threshold(ths: float | Tensor, j: int, b: int, like: Tensor) -> float |
 
 def threshold(c: Tensor, t: float | Tensor, non_linearity: str) -> Tensor:
     r"""Soft :math:`\operatorname{sign}(c)\max(|c|-t,0)` (the modulus for complex ``c``) or
-    hard :math:`c\,\mathbb 1_{|c|>t}` thresholding (``torch.func``-friendly: no in-place).
+    hard :math:`c\,\mathbb 1_{|c|>t}` thresholding (``torch.func``-friendly: no in-place), or
+    ``"topk"``: keep the :math:`\lfloor t\,n\rfloor` coefficients of largest modulus of each
+    sample (``n`` its coefficients in ``c``; ``t`` a fraction, values above 1 keep all), zero
+    the rest (ties broken by position).
 
     Example:
         >>> threshold(torch.tensor([-2.0, 0.5, 3.0]), 1.0, "soft")
@@ -238,7 +242,24 @@ def threshold(c: Tensor, t: float | Tensor, non_linearity: str) -> Tensor:
     """
     if non_linearity == "soft":
         return torch.sgn(c) * torch.clamp(c.abs() - t, min=0)
+    if non_linearity == "topk":
+        return _keep_largest(c, t)
     return torch.where(c.abs() > t, c, torch.zeros_like(c))
+
+
+def _keep_largest(c: Tensor, fraction: float | Tensor) -> Tensor:
+    """``c`` with all but the ``⌊fraction · n⌋`` largest-modulus entries of each sample zeroed
+    (``fraction``: a number or a tensor broadcastable as ``(B, 1, ...)``)."""
+    flat = c.abs().flatten(1)
+    n = flat.shape[1]
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)  # 0 for the largest
+    if isinstance(fraction, Tensor):
+        k = torch.floor(fraction.reshape(-1, 1).to(flat.dtype) * n)
+    else:
+        k = math.floor(fraction * n)
+    keep = (rank < k).reshape(c.shape)
+    return torch.where(keep, c, torch.zeros_like(c))
 
 
 class WaveletDenoiser(nn.Module):
@@ -259,8 +280,10 @@ class WaveletDenoiser(nn.Module):
         level: decomposition levels ``L`` (default 3).
         wv: PyWavelets wavelet name (default ``"db8"``).
         device: accepted for DeepInverse compatibility and ignored (the input's device is used).
-        non_linearity: ``"soft"`` (default) or ``"hard"``; DeepInverse's ``"topk"`` is not
-            provided.
+        non_linearity: ``"soft"`` (default), ``"hard"``, or ``"topk"``: keep the fraction
+            ``ths`` (in ``[0, 1]``) of largest-modulus coefficients in each detail band of each
+            sample (DeepInverse reads a tensor ``ths`` as counts there; here every value is a
+            fraction).
         mode: ``ptwt`` boundary mode (default ``"zero"``).
         wvdim: 2 (images ``(B, C, H, W)``) or 3 (volumes ``(B, C, D, H, W)``).
         is_complex: accepted for compatibility; complex inputs are detected from their dtype
@@ -296,9 +319,8 @@ class WaveletDenoiser(nn.Module):
         super().__init__()
         api = "unroll.models.WaveletDenoiser"
         if non_linearity not in NON_LINEARITIES:
-            extra = " ('topk' is not provided)" if non_linearity == "topk" else ""
             raise ValueError(
-                f"{api}: non_linearity must be 'soft' or 'hard'{extra}, got {non_linearity!r}."
+                f"{api}: non_linearity must be 'soft', 'hard' or 'topk', got {non_linearity!r}."
             )
         check_wavelet_options(api, level, wv, mode, wvdim)
         self.level, self.wv, self.mode, self.wvdim = level, wv, mode, wvdim
