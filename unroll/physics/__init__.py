@@ -29,6 +29,7 @@ from unroll.physics.blur import (
 )
 from unroll.physics.blur_fft import BlurFFT
 from unroll.physics.compressed_sensing import CompressedSensing
+from unroll.physics.decomposable import DecomposablePhysics
 from unroll.physics.downsampling import Downsampling, bicubic_filter, bilinear_filter
 from unroll.physics.inpainting import Denoising, Inpainting, random_mask
 from unroll.physics.mri import (
@@ -59,6 +60,7 @@ __all__ = [
     "DynamicMRI",
     "birdcage_maps",
     "CompressedSensing",
+    "DecomposablePhysics",
     "GaussianNoise",
     "gaussian_blur",
     "bicubic_filter",
