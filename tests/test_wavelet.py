@@ -378,3 +378,9 @@ def test_topk_keeps_the_largest_coefficients_of_each_band():
     coarse = D(x, 0.0)  # no detail kept: the approximation alone
     ref = _topk_reference(x[0, 0].numpy(), 0.0, 2)
     np.testing.assert_allclose(coarse[0, 0].numpy(), ref, rtol=0, atol=1e-12)
+
+
+def test_wavelet_prior_is_importable_from_deepinverses_path():
+    from unroll.optim.prior import WaveletPrior as from_prior
+
+    assert from_prior is WaveletPrior

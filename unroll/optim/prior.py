@@ -597,3 +597,13 @@ def _project_unit(p: Tensor) -> Tensor:
     mag = p.abs() if p.is_complex() else p
     norm_sq = mag.square().sum(0, keepdim=True)
     return p * torch.clamp(norm_sq, min=1.0).rsqrt()
+
+
+def __getattr__(name: str):
+    """DeepInverse's path ``optim.prior.WaveletPrior`` (defined in :mod:`unroll.optim.wavelet`,
+    which imports this module, hence the lazy lookup)."""
+    if name == "WaveletPrior":
+        from unroll.optim.wavelet import WaveletPrior
+
+        return WaveletPrior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
