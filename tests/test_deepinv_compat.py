@@ -456,7 +456,19 @@ def test_verbose_classical_solver_prints_its_iterations(capsys):
     phys, y = _stopping_problem()
     common = dict(data_fidelity=L2(), prior=Tikhonov(), lambda_reg=LAM, stepsize=1.0)
     PGD(max_iter=7, tol=None, verbose=True, **common)(y, phys)
-    assert capsys.readouterr().out.startswith("PGD: 7 iteration(s), relative change ")
+    assert (
+        capsys.readouterr().out
+        == "PGD: 7 iteration(s), all max_iter iterations (no early stopping)\n"
+    )
+    model = PGD(max_iter=3000, tol=1e-9, verbose=True, **common)
+    model(y, phys)
+    assert model.has_converged
+    out = capsys.readouterr().out
+    assert out.startswith("PGD: ") and out.endswith(
+        "every sample's relative change reached tol=1e-09\n"
+    )
+    PGD(max_iter=2, tol=1e-9, verbose=True, **common)(y, phys)
+    assert capsys.readouterr().out == "PGD: 2 iteration(s), stopped at max_iter above tol=1e-09\n"
     PGD(max_iter=7, tol=None, **common)(y, phys)
     assert capsys.readouterr().out == ""
     with pytest.raises(TypeError, match=r"^unroll.optim.PGD: verbose must be"):

@@ -56,6 +56,19 @@ def test_damped_lsqr_and_least_squares_match_closed_forms(system):
     torch.testing.assert_close(h, ref, rtol=0, atol=1e-10)
 
 
+def test_lsqr_on_a_non_square_operator():
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(7, 5, dtype=D, generator=g)
+    b = torch.randn(3, 7, dtype=D, generator=g)
+    x, _ = L.lsqr(matvec(A), matvec(A.T), b, tol=1e-14, max_iter=200)
+    ref = torch.linalg.lstsq(A, b.T).solution.T
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-10)
+    x0 = torch.randn(3, 5, dtype=D, generator=g)
+    x, _ = L.lsqr(matvec(A), matvec(A.T), b, eta=0.3, x0=x0, tol=1e-14, max_iter=200)
+    ref = torch.linalg.solve(A.T @ A + 0.3 * torch.eye(5, dtype=D), A.T @ b.T + 0.3 * x0.T).T
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-10)
+
+
 def test_least_squares_implicit_backward_gradients(system):
     from unroll.physics import LinearPhysics
 

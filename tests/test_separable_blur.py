@@ -157,8 +157,15 @@ def test_nan_measurements_warn_and_bad_shapes_raise():
     physics = Blur(sep, "replicate")
     bad = y.clone()
     bad[1, 0, 2, 2] = float("nan")
-    with pytest.warns(ConvergenceWarning, match=r"least_squares \(forward\).*1 of 3"):
+    with pytest.warns(ConvergenceWarning, match=r"^Blur.prox_l2 \(exact solve\).*1 of 3"):
         h = physics.prox_l2(z, bad, 2.0)
+    # a float64 per-sample gamma with float32 images: the result stays float32, as with CG
+    z32, y32 = z.float(), y.float()
+    g64 = torch.tensor([0.5, 1.0, 2.0], dtype=D)
+    h32 = Blur(sep.float(), "replicate").prox_l2(z32, y32, g64)
+    assert h32.dtype == torch.float32
+    ref = dense_prox(sep, "replicate", z32.double(), y32.double(), g64)
+    torch.testing.assert_close(h32.double(), ref, rtol=0, atol=1e-5)
     assert torch.isfinite(h[0]).all() and torch.isfinite(h[2]).all()
     with pytest.raises(ValueError, match=r"^Blur.prox_l2: y has shape \(3, 2, 9, 7\)"):
         physics.prox_l2(z, y[..., :7], 2.0)

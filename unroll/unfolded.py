@@ -655,11 +655,13 @@ class Unfolded(nn.Module):
         if self.tol is not None:
             self.has_converged = try_bool(info.converged.all()) is True
         if getattr(self, "verbose", False):
-            print(
-                f"{type(self).__name__}: {int(info.num_iter)} iteration(s), relative change "
-                f"{float(info.residual.max()):.2e}"
-                + ("" if self.tol is None else f" (tol={self.tol:g})")
-            )
+            if self.tol is None:
+                end = "all max_iter iterations (no early stopping)"
+            elif self.has_converged:
+                end = f"every sample's relative change reached tol={self.tol:g}"
+            else:
+                end = f"stopped at max_iter above tol={self.tol:g}"
+            print(f"{type(self).__name__}: {int(info.num_iter)} iteration(s), {end}")
         return x
 
     def apply(

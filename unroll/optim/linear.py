@@ -163,9 +163,11 @@ def lsqr(
     _no_preconditioner(api, unused)
     rhs = b if x0 is None else b - A(x0)
     ridge = None if isinstance(eta, (int, float)) and eta == 0 else eta
+    start = torch.zeros_like(AT(b) if x0 is None else x0)  # x's shape (A may be non-square)
     d, info = ls.solve_lsqr(
         A,
         rhs,
+        init=start,
         rmatvec=AT,
         ridge=ridge,
         rtol=float(tol),

@@ -58,9 +58,10 @@ class Kronecker(NamedTuple):
 
 
 def rank_one_factors(kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(u, v)`` with ``kernel[..., i, j] = u[..., i] v[..., j]`` (in float64) when every 2-D
-    kernel of the ``(b, c, h, w)`` stack has rank one (one host read), else ``None``."""
-    k = kernel.detach().to(torch.float64)
+    """``(u, v)`` with ``kernel[..., i, j] = u[..., i] v[..., j]`` (float64, on the CPU, where
+    the small factorisation is built whatever the kernel's device) when every 2-D kernel of the
+    ``(b, c, h, w)`` stack has rank one (one host read), else ``None``."""
+    k = kernel.detach().to(device="cpu", dtype=torch.float64)  # small: factorised on the host
     U, s, Vh = torch.linalg.svd(k, full_matrices=False)
     eps = torch.finfo(kernel.dtype).eps * RANK_ONE_EPS
     if s.shape[-1] > 1 and not bool((s[..., 1] <= eps * s[..., 0]).all()):
@@ -77,14 +78,14 @@ def axis_operator(f: torch.Tensor, n: int, before: int, after: int, index: torch
     s = f.shape[-1]
     padded = n + before + after
     m = padded - s + 1
-    rows = torch.arange(m)
+    rows = torch.arange(m, device=f.device)
     conv = f.new_zeros(*f.shape[:-1], m, padded)
     for j in range(s):  # diagonal s - 1 - j holds f_j
         conv[..., rows, rows + s - 1 - j] = f[..., j : j + 1]
     if index is None:  # zeros: the signal sits at before .. before + n - 1
         return conv[..., before : before + n]
-    extend = torch.zeros(padded, n, dtype=f.dtype)
-    extend[torch.arange(padded), index.cpu()] = 1
+    extend = torch.zeros(padded, n, dtype=f.dtype, device=f.device)
+    extend[torch.arange(padded, device=f.device), index.to(f.device)] = 1
     return conv @ extend
 
 

@@ -491,7 +491,8 @@ class Blur(LinearPhysics):
             lambda v, inv_g: _separable.solve(fac, v, inv_g),
             lambda t: _separable.adjoint(fac, t),
             opts.on_failure,
-            api if opts.verbose else None,
+            api,
+            opts.verbose,
         )
 
     def _kronecker(

@@ -646,7 +646,8 @@ class Downsampling(LinearPhysics):
             lambda v, inv_g: _separable.solve(fac, v, inv_g),
             lambda t: _separable.adjoint(fac, t),
             opts.on_failure,
-            api if opts.verbose else None,
+            api,
+            opts.verbose,
         )
 
     def _fourier_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

@@ -535,7 +535,8 @@ def direct_prox(
     solve,
     rhs_adjoint,
     on_failure: str | None,
-    verbose_name: str | None = None,
+    api: str,
+    verbose: bool = False,
 ) -> torch.Tensor:
     r"""The prox :math:`h = (A^\top A + I/\gamma)^{-1}(A^\top y + z/\gamma)` by an exact solve,
     differentiated implicitly as :func:`least_squares` is.
@@ -550,13 +551,14 @@ def direct_prox(
         rhs_adjoint: ``y ↦ A^\top y``, the same operator as ``physics.A_adjoint`` (a faster
             form of it).
         on_failure: the policy for NaN/Inf in the result (``None``: ``"warn"``).
-        verbose_name: print one line naming this API and the exact solve (``verbose=True``).
+        api: the caller's name, for its NaN/Inf report and ``verbose`` line.
+        verbose: print one line saying the solve was exact.
 
     A first-order backward applies ``solve`` to the cotangent; higher orders run the physics'
     Krylov method on the differentiable linearisation (as the CG prox does).
     """
     settings = _settings(physics, None, None, on_failure or "warn")
-    inv_g = 1 / expand_per_sample(gamma.detach(), z)
+    inv_g = (1 / expand_per_sample(gamma.detach(), z)).to(real_dtype(z))  # γ may be float64
 
     def exact(v: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
         h = solve(v, inv_g)
@@ -574,10 +576,14 @@ def direct_prox(
     h, info = run(z, z, y, gamma, physics)
     # only NaN/Inf can fail here (maxiter=1 names no iteration cap and costs no host read)
     report_failure(
-        f"{_API} (forward)", info, settings.on_failure, remedy=_FORWARD_REMEDY, maxiter=1
+        f"{api} (exact solve)",
+        info,
+        settings.on_failure,
+        remedy="z, y or gamma holds NaN/Inf, or gamma is so large that the system is singular",
+        maxiter=1,
     )
-    if verbose_name is not None:
-        print(f"{verbose_name}: exact solve (separable kernel), no CG iterations")
+    if verbose:
+        print(f"{api}: exact solve (separable kernel), no CG iterations")
     return h
 
 
