@@ -483,17 +483,7 @@ class Blur(LinearPhysics):
         fac = self._kronecker(api, z, y, gamma, opts)
         if fac is None:
             return self._cg_prox(z, y, gamma, opts)
-        return direct_prox(
-            self,
-            z,
-            y,
-            gamma,
-            lambda v, inv_g: _separable.solve(fac, v, inv_g),
-            lambda t: _separable.adjoint(fac, t),
-            opts.on_failure,
-            api,
-            opts.verbose,
-        )
+        return kronecker_prox(self, fac, z, y, gamma, opts, api)
 
     def _kronecker(
         self,
@@ -537,6 +527,30 @@ def exact_prox_applies(
             is_transformed(t) or fwAD.unpack_dual(t).tangent is not None
             for t in (filt, z, y, gamma)
         )
+    )
+
+
+def kronecker_prox(
+    physics: LinearPhysics,
+    fac: _separable.Kronecker,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    gamma: torch.Tensor,
+    opts: SolveOptions,
+    api: str,
+) -> torch.Tensor:
+    """The exact prox of an operator factorised by :func:`separable_factorisation`
+    (:func:`~unroll.physics.prox.direct_prox` with the Kronecker solve and adjoint)."""
+    return direct_prox(
+        physics,
+        z,
+        y,
+        gamma,
+        lambda v, inv_g: _separable.solve(fac, v, inv_g),
+        lambda t: _separable.adjoint(fac, t),
+        opts.on_failure,
+        api,
+        opts.verbose,
     )
 
 

@@ -45,7 +45,6 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from unroll._host import is_transformed as _is_transformed
-from unroll.physics import _separable
 from unroll.physics._utils import (
     check_prox_gamma,
     check_solve_options,
@@ -69,11 +68,11 @@ from unroll.physics.blur import (
     conv_transpose2d,
     exact_prox_applies,
     gaussian_blur,
+    kronecker_prox,
     pad,
     pad_adjoint,
     separable_factorisation,
 )
-from unroll.physics.prox import direct_prox
 
 __all__ = ["Downsampling", "bicubic_filter", "bilinear_filter"]
 
@@ -638,17 +637,7 @@ class Downsampling(LinearPhysics):
             fac = separable_factorisation(self.filter, z, self.padding, self.factor)
         if fac is None:
             return self._cg_prox(z, y, gamma, opts)
-        return direct_prox(
-            self,
-            z,
-            y,
-            gamma,
-            lambda v, inv_g: _separable.solve(fac, v, inv_g),
-            lambda t: _separable.adjoint(fac, t),
-            opts.on_failure,
-            api,
-            opts.verbose,
-        )
+        return kronecker_prox(self, fac, z, y, gamma, opts, api)
 
     def _fourier_prox(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The circular closed form. Plain autograd use (no ``torch.func`` transform, no
