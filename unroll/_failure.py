@@ -102,6 +102,16 @@ class SolveInfo(NamedTuple):
     reason: torch.Tensor
 
 
+def summary(info: SolveInfo) -> str:
+    """One line for ``verbose=True``: whether every system converged, the most iterations
+    and the largest final residual over the batch (one host read each)."""
+    state = "converged" if bool(info.converged.all()) else "did not converge"
+    return (
+        f"{state} after {int(info.num_iter.max())} iteration(s), residual "
+        f"{float(info.residual_norm.max()):.2e}"
+    )
+
+
 def check_on_failure(api: str, on_failure: Any) -> str:
     """Validate an ``on_failure`` option and return it."""
     if on_failure not in ON_FAILURE:

@@ -538,6 +538,7 @@ class Unfolded(nn.Module):
         self.max_iter, self.deq_config, self.unfold, self.tol = max_iter, DEQ, unfold, tol
         self.g_first, self.custom_init = g_first, custom_init
         self.has_converged = False
+        self.verbose = False  # the classical solver's printout (the optim classes' verbose=)
         if prior is None or (isinstance(prior, (list, tuple)) and not prior):
             raise ValueError(f"{api}: a prior is required, e.g. prior=unroll.optim.PnP(DnCNN()).")
         priors = _as_list(api, "prior", prior, max_iter)
@@ -654,7 +655,7 @@ class Unfolded(nn.Module):
         )
         if self.tol is not None:
             self.has_converged = try_bool(info.converged.all()) is True
-        if getattr(self, "verbose", False):
+        if self.verbose:
             if self.tol is None:
                 end = "all max_iter iterations (no early stopping)"
             elif self.has_converged:

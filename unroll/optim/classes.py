@@ -7,7 +7,7 @@ learnable too (with or without ``unfold=True``, as in DeepInverse); ``unfold=Fal
 ``DEQ`` (the default) runs the classical algorithm with early stopping at ``tol`` (the relative
 change of the iterate; DeepInverse's ``thres_conv=`` is the same threshold,
 ``crit_conv="residual"`` its only rule, and ``early_stop=False`` runs all ``max_iter``
-iterations; ``verbose=True`` prints the iterations run and the final relative change).
+iterations; ``verbose=True`` prints the iterations run and how the solver stopped).
 
 Hyperparameters follow DeepInverse's list rule: a number or a tensor of any shape is one value
 shared by all iterations (``g_param=torch.tensor([[1.0]])`` is one non-scalar value); a list

@@ -38,7 +38,21 @@ def soft_threshold(x: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.sgn(x) * torch.clamp(x.abs() - threshold, min=0)
 
 
-class L2:
+class _CallableFidelity:
+    """DeepInverse's names for :meth:`value`: ``f(x, y, physics)`` and ``f.fn(x, y, physics)``."""
+
+    def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        raise NotImplementedError
+
+    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
+        return self.value(x, y, physics)
+
+    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
+        return self.value(x, y, physics)
+
+
+class L2(_CallableFidelity):
     """``f(x) = 1/(2σ²) ‖A x − y‖²``.
 
     Args:
@@ -90,13 +104,6 @@ class L2:
         """Per-sample ``f(x)``."""
         return self.d(physics.A(x), y)
 
-    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
-        return self.value(x, y, physics)
-
-    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        return self.value(x, y, physics)
-
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ(A x − y) / σ²``."""
         return physics.A_adjoint(self.d_grad(physics.A(x), y))
@@ -106,7 +113,7 @@ class L2:
         return physics.prox_l2(z, y, gamma * self._inv_var)
 
 
-class L1:
+class L1(_CallableFidelity):
     """``f(x) = ‖A x − y‖₁``.
 
     The proximal operator is exact for the identity operator (``y + soft(z − y, γ)``); for a
@@ -160,13 +167,6 @@ class L1:
     def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``‖A x − y‖₁``."""
         return self.d(physics.A(x), y)
-
-    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
-        return self.value(x, y, physics)
-
-    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        return self.value(x, y, physics)
 
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """A subgradient ``Aᵀ sign(A x − y)``."""
@@ -294,7 +294,7 @@ def gradient_descent_prox(
     return z
 
 
-class DataFidelity:
+class DataFidelity(_CallableFidelity):
     r"""A data fidelity ``f(x) = d(A x, y)`` from a distance function, as DeepInverse's
     ``DataFidelity(d=...)``.
 
@@ -382,13 +382,6 @@ class DataFidelity:
     def value(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """Per-sample ``f(x) = d(A x, y)``."""
         return self.d(physics.A(x), y)
-
-    def fn(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        """:meth:`value` under DeepInverse's name (also ``f(x, y, physics)``)."""
-        return self.value(x, y, physics)
-
-    def __call__(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
-        return self.value(x, y, physics)
 
     def grad(self, x: Tensor, y: Tensor, physics: PhysicsLike) -> Tensor:
         """``∇f(x) = Aᵀ ∇_u d(A x, y)``."""

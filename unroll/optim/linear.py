@@ -29,7 +29,7 @@ from typing import Any, cast
 import torch
 
 from unroll import linear_solve as ls
-from unroll._failure import SolveInfo
+from unroll._failure import SolveInfo, summary
 
 __all__ = [
     "conjugate_gradient",
@@ -57,11 +57,7 @@ def _batched(api: str, parallel_dim: Any) -> bool:
 
 def _report(api: str, info: SolveInfo, verbose: bool) -> None:
     if verbose:
-        state = "converged" if bool(info.converged.all()) else "did not converge"
-        print(
-            f"{api}: {state} after {int(info.num_iter.max())} iteration(s), residual "
-            f"{float(info.residual_norm.max()):.2e}"
-        )
+        print(f"{api}: {summary(info)}")
 
 
 def _krylov(api: str, method, A: MatVec, b, init, max_iter, tol, parallel_dim, verbose):

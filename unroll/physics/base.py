@@ -21,6 +21,7 @@ import optree
 import torch
 
 from unroll import tree
+from unroll._failure import SolveInfo, summary
 from unroll._typing import PyTree
 from unroll.physics import spectral
 from unroll.physics._utils import (
@@ -31,7 +32,7 @@ from unroll.physics._utils import (
     require_tensor,
     validate_prox_gamma,
 )
-from unroll.physics.prox import _least_squares, check_solver, least_squares
+from unroll.physics.prox import _least_squares, check_solver
 
 __all__ = ["LinearPhysics", "ComposedPhysics", "compose"]
 
@@ -239,18 +240,29 @@ class LinearPhysics:
         self, z: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor, opts: SolveOptions
     ) -> torch.Tensor:
         """The CG prox of :func:`least_squares` for an already validated ``gamma``."""
+        api = f"{type(self).__name__}.prox_l2"
+        return self._solve(api, opts, y, z, gamma, gamma_checked=True)
+
+    def _solve(
+        self,
+        api: str,
+        opts: SolveOptions,
+        y: torch.Tensor,
+        z: torch.Tensor | None,
+        gamma: float | torch.Tensor | None,
+        **extra: Any,
+    ) -> torch.Tensor:
+        """:func:`least_squares` with the call's options; ``opts.verbose`` prints the CG's
+        iterations and residual (DeepInverse's convergence printout)."""
+        kwargs = {**opts.least_squares_kwargs(), **extra}
         if not opts.verbose:
-            return cast(
-                torch.Tensor,
-                _least_squares(
-                    self, y, z, gamma, gamma_checked=True, **opts.least_squares_kwargs()
-                ),
-            )
-        h, info = _least_squares(
-            self, y, z, gamma, gamma_checked=True, return_info=True, **opts.least_squares_kwargs()
+            return cast(torch.Tensor, _least_squares(self, y, z, gamma, **kwargs))
+        x, info = cast(
+            "tuple[torch.Tensor, SolveInfo]",
+            _least_squares(self, y, z, gamma, return_info=True, **kwargs),
         )
-        _print_solve(f"{type(self).__name__}.prox_l2", info)
-        return h
+        print(f"{api}: CG {summary(info)}")
+        return x
 
     def A_dagger(
         self,
@@ -271,12 +283,7 @@ class LinearPhysics:
         opts = check_solve_options(
             api, max_iter, tol, implicit_backward_solver, on_failure, unknown, solver=solver
         )
-        kwargs = opts.least_squares_kwargs()
-        if not opts.verbose:
-            return cast(torch.Tensor, least_squares(self, y, None, None, **kwargs))
-        x, info = least_squares(self, y, None, None, return_info=True, **kwargs)
-        _print_solve(api, info)
-        return x
+        return self._solve(api, opts, y, None, None)
 
     # ------------------------------------------------------------------ checks and norms
     def adjointness_test(
@@ -511,12 +518,3 @@ def compose(*operators: LinearPhysics, **settings: Any) -> ComposedPhysics:
     """``compose(A1, A2, ...)``: the operator ``x ↦ A1(A2(...(x)))``; see
     :class:`ComposedPhysics`."""
     return ComposedPhysics(*operators, **settings)
-
-
-def _print_solve(api: str, info) -> None:
-    """``verbose=True``: one line with the CG's iterations and relative residual (the most
-    over the batch), DeepInverse's convergence printout."""
-    iters = int(info.num_iter.max())
-    res = float(info.residual_norm.max())
-    state = "converged" if bool(info.converged.all()) else "did not converge"
-    print(f"{api}: CG {state} after {iters} iteration(s), residual {res:.2e}")

@@ -571,8 +571,9 @@ def direct_prox(
     def forward(init, z, y, gamma, physics) -> tuple[torch.Tensor, SolveInfo]:
         return exact(torch.addcmul(rhs_adjoint(y), z, inv_g))
 
-    normal = _fast_normal_op(physics, gamma, (y, z))
-    run = _prox_solver(settings, _differentiable(physics), normal, exact, forward)
+    # no normal operator: a first-order backward takes ``exact``, a higher-order one the
+    # differentiable linearisation
+    run = _prox_solver(settings, _differentiable(physics), None, exact, forward)
     h, info = run(z, z, y, gamma, physics)
     # only NaN/Inf can fail here (maxiter=1 names no iteration cap and costs no host read)
     report_failure(
